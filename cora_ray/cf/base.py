@@ -1,0 +1,40 @@
+"""The one interface every CF backbone offers, and that CoRA, CoLLM, evaluation and serving rely on."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CFBackbone(nn.Module):
+    """A collaborative-filtering model over protocol ids (1..n, 0 = padding).
+
+    Subclasses: MF, LightGCN, SASRec (cora_ray.cf). Shapes: B rows, H history length, D = `dim`.
+    """
+
+    name: str = "base"
+    dim: int
+
+    def user_vectors(self, user_ids: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) user ids [+ (B, H) left-padded positive history, oldest first] → (B, D).
+
+        MF / LightGCN ignore `history`; SASRec encodes it (and ignores the id)."""
+        raise NotImplementedError
+
+    def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) item ids → (B, D)."""
+        raise NotImplementedError
+
+    def score(self, user_ids: torch.Tensor, item_ids: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) logits of "user likes item": dot product of the two vectors."""
+        return (self.user_vectors(user_ids, history) * self.item_vectors(item_ids)).sum(-1)
+
+    def embed(
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor, history: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e_u, e_i), each (B, D): what CoRA's generator and CoLLM's projector consume."""
+        return self.user_vectors(user_ids, history), self.item_vectors(item_ids)
+
+    def knows_user(self, user_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the user had interactions in the train split (False → cold start in serving)."""
+        raise NotImplementedError

@@ -1,0 +1,346 @@
+"""Typed experiment configs: dataclasses loaded from YAML, with dotted command-line overrides.
+
+    cfg = load_config(ExperimentConfig, "configs/demo.yaml", ["train.lr=1e-4", "model.rank=8"])
+
+An unknown key or a value of the wrong type is a `ConfigError` that names the key and the file (or the
+override) it came from. Override values are parsed as YAML scalars (`1e-4` → float, `true` → bool,
+`[q_proj, v_proj]` → list).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from cora_ray.errors import ConfigError
+
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------------------
+# generic machinery
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to float). Raise ConfigError."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: key '{key}' expects {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            allowed = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{source}: key '{key}' must be one of {allowed}, got {value!r}")
+        return value
+    if origin in (list, Sequence, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: key '{key}' expects a list, got {value!r}")
+        (item_tp,) = get_args(tp)[:1] or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{key}' expects a mapping, got {value!r}")
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_coerce(k, kt, key, source): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{key}' expects a mapping (section {tp.__name__}), got {value!r}")
+        return _from_dict(tp, value, source, prefix=f"{key}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: key '{key}' expects a bool (true/false), got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: key '{key}' expects an int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: key '{key}' expects a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: key '{key}' expects a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: key '{key}' has an unsupported annotation {tp!r}")
+
+
+def _from_dict(cls: type[T], data: dict, source: str, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{prefix}{unknown[0]}' (section {cls.__name__} has: {', '.join(sorted(names))})"
+        )
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}", source) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def from_dict(cls: type[T], data: dict, source: str = "<dict>") -> T:
+    """Build the dataclass `cls` from a nested mapping, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    return _from_dict(cls, data, source)
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts/lists (JSON- and YAML-serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` → (["train", "lr"], 0.0001)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected KEY=VALUE with a dotted key, e.g. train.lr=1e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}': empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from None
+    # YAML reads "1e-4" as a string (YAML 1.1 wants a dot); accept the forms people type.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str], cls: type | None = None) -> dict:
+    """Apply dotted overrides to a nested dict (in place). With `cls`, unknown keys are refused here."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        tp: Any = cls
+        for i, part in enumerate(path):
+            if tp is not None and dataclasses.is_dataclass(tp):
+                hints = typing.get_type_hints(tp)
+                if part not in hints:
+                    raise ConfigError(
+                        f"override '{text}': unknown key '{'.'.join(path[: i + 1])}' "
+                        f"(section {tp.__name__} has: {', '.join(sorted(hints))})"
+                    )
+                tp = hints[part]
+            else:
+                tp = None
+            if i == len(path) - 1:
+                node[part] = value
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = {}
+                    node[part] = child
+                if not isinstance(child, dict):
+                    raise ConfigError(f"override '{text}': '{'.'.join(path[: i + 1])}' is not a section")
+                node = child
+    return data
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Load `cls` from a YAML file (or defaults when `path` is None) and apply dotted overrides."""
+    data = load_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
+    # Overrides are checked against the schema before merging so that the error names the override.
+    apply_overrides(data, overrides, cls)
+    if overrides:
+        source = f"{source} (with overrides {' '.join(overrides)})"
+    return from_dict(cls, data, source)
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# experiment sections (SPEC §2–4 defaults)
+# ---------------------------------------------------------------------------------------------------------
+
+AUTHORS_TEMPLATE = (
+    "#Question: A user has given high ratings to the following {domain_plural}: {history}. "
+    "Leverage the information to predict whether the user would enjoy the {domain} titled {target}? "
+    'Answer with "Yes" or "No". \\n#Answer:'
+)
+
+
+@dataclass
+class DataConfig:
+    """Where the protocol dataset lives (output of jobs/prepare_data.py)."""
+
+    uri: str = "artifacts/ml-1m"  # local path or s3://bucket/prefix
+    s3_endpoint: str | None = None  # overrides AWS_ENDPOINT_URL when set
+
+
+@dataclass
+class PromptConfig:
+    """SPEC §3 prompt. `{history}` and `{target}` are filled with quoted titles."""
+
+    template: str = AUTHORS_TEMPLATE
+    domain: str = "movie"  # "book" for Amazon-Book
+    domain_plural: str = "movies"
+    empty_history: str = "unkow"  # the authors' literal placeholder
+    max_history: int = 10
+    max_prompt_tokens: int = 256  # history titles are dropped (oldest first) to fit; the target never is
+    chat_template: bool = False  # wrap the question in the tokenizer's chat template (instruct models)
+
+    def __post_init__(self) -> None:
+        _check(self.max_history >= 0, f"prompt.max_history must be >= 0, got {self.max_history}")
+        _check(self.max_prompt_tokens > 16, f"prompt.max_prompt_tokens must be > 16, got {self.max_prompt_tokens}")
+        for name in ("{history}", "{target}"):
+            _check(name in self.template, f"prompt.template must contain {name}")
+
+
+@dataclass
+class LLMConfig:
+    """The frozen base LLM."""
+
+    name_or_path: str = "bundled:smollm2-135m"  # HF dir, hub id, s3:// prefix or bundled:smollm2-135m
+    answer_token: str = " Yes"
+    negative_token: str | None = None  # set (" No") to score logit(Yes) - logit(No)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
+    trust_remote_code: bool = False
+    cache_dir: str | None = None  # where converted / downloaded models live (default: user cache dir)
+
+
+@dataclass
+class GeneratorConfig:
+    """SPEC §2.2 collaborative query generator."""
+
+    num_queries: int = 4  # k
+    num_layers: int = 8  # N
+    hidden_size: int = 512  # d (= 2 x CF dim in the paper)
+    num_heads: int = 8
+    ffn_size: int = 3072
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("num_queries", "num_layers", "hidden_size", "num_heads", "ffn_size"):
+            _check(getattr(self, name) > 0, f"model.generator.{name} must be > 0, got {getattr(self, name)}")
+        _check(
+            self.hidden_size % self.num_heads == 0,
+            f"model.generator.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})",
+        )
+        _check(0.0 <= self.dropout < 1.0, f"model.generator.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class ModelConfig:
+    """Which method, and its trainable parts."""
+
+    method: Literal["cora", "tallrec", "collm", "zero_shot"] = "cora"
+    cf_artifact: str | None = None  # URI of a jobs/pretrain_cf.py artifact (cora, collm)
+    rank: int = 16  # r
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    # TALLRec: one shared LoRA
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # CoLLM: MLP from CF vectors to token embeddings
+    collm_hidden: int = 1024
+
+    def __post_init__(self) -> None:
+        _check(self.rank > 0, f"model.rank must be > 0, got {self.rank}")
+        _check(self.lora_rank > 0, f"model.lora_rank must be > 0, got {self.lora_rank}")
+        _check(self.alpha > 0, f"model.alpha must be > 0, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(len(self.targets) > 0, "model.targets must name at least one module suffix")
+
+
+@dataclass
+class TrainConfig:
+    """SPEC §4 optimisation + the Ray Train / DeepSpeed run."""
+
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    warmup_start_lr: float = 1e-5
+    min_lr: float = 8e-5
+    weight_decay: float = 1e-3
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    grad_clip: float = 1.0
+    max_steps: int = 1000
+    eval_every: int = 100
+    eval_limit: int | None = None  # score at most this many valid_small rows per validation (None: all)
+    patience: int = 20
+    seed: int = 42
+    zero_stage: int = 2
+    num_workers: int = 1
+    use_gpu: bool = False
+    gradient_checkpointing: bool = False
+    storage_path: str = "runs"
+    run_name: str | None = None
+    checkpoints_to_keep: int = 2
+    max_failures: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.min_lr >= 0, f"train.min_lr must be >= 0, got {self.min_lr}")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.micro_batch_size > 0, f"train.micro_batch_size must be > 0, got {self.micro_batch_size}")
+        _check(self.grad_accum_steps > 0, f"train.grad_accum_steps must be > 0, got {self.grad_accum_steps}")
+        _check(self.max_steps > 0, f"train.max_steps must be > 0, got {self.max_steps}")
+        _check(self.eval_every > 0, f"train.eval_every must be > 0, got {self.eval_every}")
+        _check(self.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        _check(self.num_workers > 0, f"train.num_workers must be > 0, got {self.num_workers}")
+        _check(self.checkpoints_to_keep > 0, f"train.checkpoints_to_keep must be > 0, got {self.checkpoints_to_keep}")
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment = one YAML file in configs/ (one row of the paper's table)."""
+
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
