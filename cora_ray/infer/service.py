@@ -1,0 +1,559 @@
+"""The serving logic that `serve/app.py` wraps: request models, raw-id mapping, cold start, batching, top-k.
+
+Nothing here imports Ray Serve, so every rule is testable in-process:
+
+    catalog = Catalog.from_dataset(data_uri)                    # raw id ↔ int id, titles, stored histories
+    job = catalog.resolve(req.user_id, req.item_ids, req.history, limits)   # 422-style errors name the ids
+    engine = ScoringEngine(Scorer.from_checkpoint(uri, data_uri), options)
+    [result] = engine.score_jobs([job])                          # many users' jobs → one batched forward
+    top = top_k(job.item_raw_ids, result.scores, k)
+
+Cold start (DESIGN §3.6, issue 7): a user the dataset does not know, or one the CF backbone has no train
+interactions for, is scored with G = 0 — a zero collaborative delta, i.e. the plain LLM with the text
+prompt — and the response says `cold_start: true`. An item without a title cannot be put in a prompt: it is
+a client error that names the item.
+
+The collaborative weight cache (cache.py) sits between the jobs and the generator: G(u, i) is looked up per
+(user, item) — plus the history for SASRec, whose user vector encodes it — and only the misses go through the
+generator, in one batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from cora_ray.config import _check, from_dict
+from cora_ray.data import protocol
+from cora_ray.errors import CoraError
+from cora_ray.infer.cache import GCache
+
+# ---------------------------------------------------------------------------------------------------------
+# options (the scorer deployment's user_config) and request limits
+# ---------------------------------------------------------------------------------------------------------
+
+DEFAULT_CACHE_BYTES = 0  # set by bench/bench_serve.py's cache on/off measurement: see bench/results/
+
+
+@dataclass
+class RequestLimits:
+    """What one HTTP request may ask for (larger inputs are a 4xx, never a slow or failed server)."""
+
+    max_items: int = 1000  # item_ids / candidates per request
+    max_history: int = (
+        200  # history items a request may carry (the prompt uses the last max_history of the config)
+    )
+    max_id_length: int = 512  # characters of one raw id
+    max_body_bytes: int = 256 * 1024  # request body; larger → 413
+
+    def __post_init__(self) -> None:
+        for name in ("max_items", "max_history", "max_id_length", "max_body_bytes"):
+            _check(getattr(self, name) > 0, f"limits.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class ScorerOptions:
+    """The scorer deployment's `user_config`: changing it reconfigures replicas in place (no restart).
+
+    `checkpoint_uri` set here replaces the model the application was built with (a reload); the cache is
+    emptied when the checkpoint changes. `cache_bytes = 0` turns the G cache off.
+    """
+
+    checkpoint_uri: str | None = None
+    max_batch_size: int = 32  # requests per @serve.batch call
+    batch_wait_timeout_s: float = 0.01  # how long a batch waits to fill
+    max_rows_per_forward: int = 64  # rows (user, item) per forward pass; a batch is split into chunks of this
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+
+    def __post_init__(self) -> None:
+        _check(self.max_batch_size > 0, f"max_batch_size must be > 0, got {self.max_batch_size}")
+        _check(
+            self.batch_wait_timeout_s >= 0,
+            f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}",
+        )
+        _check(
+            self.max_rows_per_forward > 0,
+            f"max_rows_per_forward must be > 0, got {self.max_rows_per_forward}",
+        )
+        _check(self.cache_bytes >= 0, f"cache_bytes must be >= 0, got {self.cache_bytes}")
+
+    @classmethod
+    def from_user_config(cls, data: dict | None, defaults: ScorerOptions | None = None) -> ScorerOptions:
+        """Options from a user_config mapping; keys it leaves out keep the `defaults` (the app's args)."""
+        base = {k: v for k, v in (defaults or cls()).__dict__.items()}
+        base.update(data or {})
+        return from_dict(cls, base, source="scorer user_config")
+
+
+class RequestError(CoraError):
+    """A request the service refuses: `status` is the HTTP code (4xx), the message says what to fix."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTTP request / response models (FastAPI builds the OpenAPI schema at /docs from these)
+# ---------------------------------------------------------------------------------------------------------
+
+# A raw id as the dataset stores it (users.parquet / items.parquet `raw_id`): a string; integers are
+# accepted and read as their decimal string. Floats, bools, NaN and null are refused.
+RawId = Annotated[
+    StrictStr | StrictInt, Field(description="a raw id as in the dataset (string; ints accepted)")
+]
+HARD_MAX_LIST = 100_000  # schema-level bound; the configured RequestLimits are tighter
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScoreRequest(_Strict):
+    user_id: RawId
+    item_ids: list[RawId] = Field(..., min_length=1, max_length=HARD_MAX_LIST)
+    history: list[RawId] | None = Field(
+        None,
+        max_length=HARD_MAX_LIST,
+        description="the user's liked items, oldest first; default: the stored one",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"user_id": "1", "item_ids": ["1193", "661"], "history": ["914"]}]},
+    )
+
+
+class ScoreResponse(BaseModel):
+    scores: list[float] = Field(..., description='logit of the answer token ("Yes"), one per item, in order')
+    model: str = Field(..., description="the checkpoint that scored: <uri>@<sha256 prefix of its weights>")
+    cold_start: bool = Field(..., description="true: the CF model does not know this user (zero delta)")
+
+
+class RecommendRequest(_Strict):
+    user_id: RawId
+    candidates: list[RawId] = Field(..., min_length=1, max_length=HARD_MAX_LIST)
+    k: StrictInt = Field(10, ge=1, description="how many to return (at most the number of candidates)")
+    history: list[RawId] | None = Field(None, max_length=HARD_MAX_LIST)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"user_id": "1", "candidates": ["1193", "661", "914"], "k": 2}]},
+    )
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float
+    title: str
+
+
+class RecommendResponse(BaseModel):
+    items: list[RankedItem] = Field(..., description="the top k candidates, highest score first")
+    model: str
+    cold_start: bool
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the catalog: raw ids, titles, stored histories
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreJob:
+    """One request, resolved to int ids: what the ingress sends to a scorer replica.
+
+    `user_id` is None for a raw id the dataset does not know (cold start, scored with G = 0).
+    `user_key` is the raw id, used to route a user's jobs to the same replica."""
+
+    user_key: str
+    user_id: int | None
+    item_ids: list[int]
+    history: list[int]
+
+
+@dataclass
+class ScoreResult:
+    scores: list[float]
+    cold_start: bool
+    model: str
+
+
+def _raw(value: str | int) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def _name_ids(ids: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+@dataclass
+class Catalog:
+    """The dataset's one id mapping (DESIGN §3.1) plus titles and each user's latest positive history."""
+
+    user_ids: dict[str, int]
+    item_ids: dict[str, int]
+    item_raw: list[str]  # index = int item id ("" at 0, padding)
+    titles: list[str]  # index = int item id
+    histories: dict[int, list[int]] = field(default_factory=dict)  # int user → last ≤ HISTORY_LEN positives
+    dataset_hash: str | None = None
+
+    @classmethod
+    def from_dataset(cls, uri: str, endpoint: str | None = None) -> Catalog:
+        """Read items.parquet, users.parquet and the positives of train/valid/test (for stored histories)."""
+        manifest = protocol.read_manifest(uri, endpoint)
+        items = protocol.read_items(uri, endpoint)
+        users = protocol.read_users(uri, endpoint)
+        item_ids = dict(zip(items["raw_id"].to_pylist(), items["item_id"].to_pylist(), strict=True))
+        n = max(item_ids.values(), default=0) + 1
+        item_raw = [""] * n
+        for raw, i in item_ids.items():
+            item_raw[i] = raw
+        histories = stored_histories(
+            [
+                protocol.read_split(uri, s, endpoint, ["user_id", "item_id", "label", "ts"])
+                for s in ("train", "valid", "test")
+            ],
+            int(manifest.get("history_len", protocol.HISTORY_LEN)),
+        )
+        return cls(
+            user_ids=dict(zip(users["raw_id"].to_pylist(), users["user_id"].to_pylist(), strict=True)),
+            item_ids=item_ids,
+            item_raw=item_raw,
+            titles=protocol.titles_by_id(items),
+            histories=histories,
+            dataset_hash=manifest.get("hash"),
+        )
+
+    def title(self, item_id: int) -> str:
+        return self.titles[item_id] if 0 < item_id < len(self.titles) else ""
+
+    def _items(self, raw_ids: Sequence[str | int], what: str) -> list[int]:
+        out, unknown = [], []
+        for r in raw_ids:
+            i = self.item_ids.get(_raw(r))
+            if i is None or not self.title(i):
+                unknown.append(_raw(r))
+            else:
+                out.append(i)
+        if unknown:
+            raise RequestError(f"unknown {what} id(s) (no title in the dataset): {_name_ids(unknown)}", 422)
+        return out
+
+    def resolve(
+        self,
+        user_id: str | int,
+        item_ids: Sequence[str | int],
+        history: Sequence[str | int] | None,
+        limits: RequestLimits,
+        what: str = "item_ids",
+    ) -> ScoreJob:
+        """Check a request against the limits and map its raw ids; RequestError (4xx) names what is wrong."""
+        user_key = _raw(user_id)
+        if not user_key or len(user_key) > limits.max_id_length:
+            raise RequestError(f"user_id must be 1..{limits.max_id_length} characters", 422)
+        if not item_ids:
+            raise RequestError(f"{what} must not be empty", 422)
+        if len(item_ids) > limits.max_items:
+            raise RequestError(f"{what} has {len(item_ids)} entries; the limit is {limits.max_items}", 422)
+        if history is not None and len(history) > limits.max_history:
+            raise RequestError(f"history has {len(history)} entries; the limit is {limits.max_history}", 422)
+        too_long = [r for r in [*item_ids, *(history or [])] if len(_raw(r)) > limits.max_id_length]
+        if too_long:
+            raise RequestError(f"item ids longer than {limits.max_id_length} characters are not valid", 422)
+        items = self._items(item_ids, "item")
+        uid = self.user_ids.get(user_key)
+        if history is None:
+            hist = list(self.histories.get(uid, [])) if uid is not None else []
+        else:
+            hist = self._items(history, "history item")
+        return ScoreJob(user_key=user_key, user_id=uid, item_ids=items, history=hist)
+
+
+def stored_histories(tables: Sequence[Any], history_len: int) -> dict[int, list[int]]:
+    """int user → the item ids of their last `history_len` positive interactions, oldest first.
+
+    `tables` are protocol splits (user_id, item_id, label, ts); this is the history a request without one
+    is scored with: what the user liked most recently in the data the model was trained and tested on."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.concat_tables([t.select(["user_id", "item_id", "label", "ts"]) for t in tables])
+    table = table.filter(pc.equal(table["label"], 1)).sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    users = table["user_id"].to_numpy()
+    items = table["item_id"].to_numpy()
+    out: dict[int, list[int]] = {}
+    if len(users) == 0:
+        return out
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(users)], strict=True):
+        out[int(users[start])] = items[max(start, stop - history_len) : stop].astype(int).tolist()
+    return out
+
+
+def top_k(raw_ids: Sequence[str], scores: Sequence[float], k: int) -> list[tuple[str, float]]:
+    """The k highest-scoring (id, score) pairs, highest first; ties keep the request order."""
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))[: max(0, k)]
+    return [(raw_ids[j], float(scores[j])) for j in order]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the scoring engine inside a scorer replica
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ScorerAdapter:
+    """The calls the engine makes on a `cora_ray.infer.scorer.Scorer`, in one place: checkpoint identity,
+    which users the CF model knows, G for (user, item[, history]) rows, and scoring rows with G per row."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+        self.manifest: dict = dict(getattr(scorer, "manifest", None) or {})
+        self.uri: str = str(getattr(scorer, "uri", None) or "")
+
+    # -- identity --------------------------------------------------------------------------------------
+
+    @property
+    def method(self) -> str:
+        return str(getattr(self.scorer, "method", None) or self.manifest.get("method", "cora"))
+
+    @property
+    def model_id(self) -> str:
+        sha = (self.manifest.get("trainable") or {}).get("sha256", "")
+        if not sha:
+            sha = hashlib.sha256(repr(sorted(self.manifest.items())).encode()).hexdigest()
+        return f"{self.uri}@{sha[:12]}"
+
+    @property
+    def backbone(self) -> str | None:
+        return (self.manifest.get("cf_artifact") or {}).get("backbone")
+
+    @property
+    def supports_g(self) -> bool:
+        """True for CoRA checkpoints: G can be generated, cached and supplied per row."""
+        return bool(getattr(self.scorer, "uses_collab_weights", False))
+
+    @property
+    def zero_delta_for_cold_users(self) -> bool:
+        """The checkpoint's rule for dataset users the CF model does not know: G = 0 (default) or a G
+        generated from their (untrained) CF vector, as the authors' code does. Serving follows the rule
+        the checkpoint was evaluated with, so served scores equal evaluated ones; users outside the
+        dataset always get G = 0 (they have no CF vector at all)."""
+        config = getattr(self.scorer, "config", None)
+        model = getattr(config, "model", None)
+        return bool(getattr(model, "zero_delta_for_cold_users", True))
+
+    @property
+    def user_vector_uses_history(self) -> bool:
+        """SASRec's user vector encodes the history, so its G is keyed by the history too."""
+        return (self.backbone or "").lower() == "sasrec"
+
+    # -- calls -----------------------------------------------------------------------------------------
+
+    def knows_user(self, user_ids: Sequence[int]) -> np.ndarray:
+        """(B,) bool: the CF backbone saw these users in train (all True without a CF model)."""
+        if not len(user_ids):
+            return np.zeros(0, dtype=bool)
+        out = self.scorer.knows_user(np.asarray(user_ids, dtype=np.int64))
+        return np.asarray(out, dtype=bool).reshape(-1)
+
+    def compute_G(
+        self, user_ids: Sequence[int], item_ids: Sequence[int], histories: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
+        """(B, d_model, r) generated collaborative weights, on the scorer's device."""
+        return self.scorer.compute_G(
+            np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64), histories
+        )
+
+    def g_shape(self) -> tuple[int, ...]:
+        return tuple(self.scorer.g_shape)
+
+    def score(
+        self,
+        user_ids: Sequence[int],
+        item_ids: Sequence[int],
+        histories: Sequence[Sequence[int]],
+        G: torch.Tensor | None,
+        batch_size: int,
+    ) -> np.ndarray:
+        """(n,) logits in row order; the scorer sorts rows by prompt length into batches of `batch_size`."""
+        kwargs: dict[str, Any] = {"batch_size": batch_size}
+        if G is not None:
+            kwargs["G"] = G
+        out = self.scorer.score(
+            np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64), histories, **kwargs
+        )
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+    def describe(self) -> dict:
+        m = self.manifest
+        cf = m.get("cf_artifact") or {}
+        base = m.get("base_llm") or {}
+        info = {
+            "checkpoint": self.uri,
+            "model": self.model_id,
+            "method": self.method,
+            "step": m.get("step"),
+            "base_llm": base.get("identity"),
+            "base_llm_weight_hash": base.get("weight_hash"),
+            "cf_backbone": cf.get("backbone"),
+            "cf_artifact": cf.get("uri"),
+            "dataset_hash": m.get("dataset_hash"),
+            "metrics": m.get("metrics") or {},
+        }
+        describe = getattr(self.scorer, "describe", None)
+        if callable(describe):
+            scorer_info = describe()
+            info.update({k: scorer_info[k] for k in ("device", "prompt") if k in scorer_info})
+        return info
+
+
+class ScoringEngine:
+    """Scores the jobs of a batch of requests (many users) with one pass per chunk of rows.
+
+    Rows = (user, item) pairs flattened across the jobs. Per job: cold start when the user is unknown to
+    the dataset or to the CF backbone (G = 0). For warm rows, G comes from the cache when present, else
+    the generator runs once on all the misses of the batch. Thread-safe: one batch at a time (`swap` may
+    be called from another thread; it takes effect between batches)."""
+
+    def __init__(self, scorer: Any, options: ScorerOptions) -> None:
+        self._lock = threading.Lock()
+        self.options = options
+        self.adapter = ScorerAdapter(scorer)
+        self.cache = GCache(options.cache_bytes, version=self.adapter.model_id)
+        self.rows_scored = 0
+        self.batches = 0
+
+    # -- reconfiguration -------------------------------------------------------------------------------
+
+    def swap(self, scorer: Any) -> None:
+        """Start using another checkpoint's scorer; the cache is emptied (G belongs to a generator)."""
+        adapter = ScorerAdapter(scorer)
+        with self._lock:
+            self.adapter = adapter
+            self.cache.reset(version=adapter.model_id)
+
+    def set_options(self, options: ScorerOptions) -> None:
+        with self._lock:
+            if options.cache_bytes != self.cache.max_bytes:
+                self.cache.resize(options.cache_bytes)
+            self.options = options
+
+    # -- scoring ---------------------------------------------------------------------------------------
+
+    def _cache_key(self, item: int, history: Sequence[int], adapter: ScorerAdapter) -> Any:
+        if adapter.user_vector_uses_history:
+            return (item, tuple(history))
+        return item
+
+    def score_jobs(self, jobs: Sequence[ScoreJob]) -> list[ScoreResult]:
+        with self._lock:
+            return self._score_jobs(jobs, self.adapter, self.options)
+
+    def _score_jobs(
+        self, jobs: Sequence[ScoreJob], adapter: ScorerAdapter, options: ScorerOptions
+    ) -> list[ScoreResult]:
+        # cold start per job
+        known = [j for j in jobs if j.user_id is not None]
+        knows = dict(zip((id(j) for j in known), adapter.knows_user([j.user_id for j in known]), strict=True))
+        cold = [j.user_id is None or not bool(knows[id(j)]) for j in jobs]
+
+        users: list[int] = []
+        items: list[int] = []
+        hists: list[list[int]] = []
+        for j in jobs:
+            users += [j.user_id or 0] * len(j.item_ids)
+            items += j.item_ids
+            hists += [j.history] * len(j.item_ids)
+
+        zero_g = cold if adapter.zero_delta_for_cold_users else [j.user_id is None for j in jobs]
+        G = self._collaborative_weights(jobs, zero_g, adapter, options) if adapter.supports_g else None
+        # one call for the whole batch: the scorer buckets all rows by prompt length, then runs forward
+        # passes of max_rows_per_forward rows
+        scores = adapter.score(users, items, hists, G=G, batch_size=options.max_rows_per_forward)
+        self.rows_scored += len(items)
+        self.batches += 1
+
+        out, s = [], 0
+        for j, c in zip(jobs, cold, strict=True):
+            n = len(j.item_ids)
+            out.append(
+                ScoreResult(
+                    scores=[float(x) for x in scores[s : s + n]], cold_start=c, model=adapter.model_id
+                )
+            )
+            s += n
+        return out
+
+    def _collaborative_weights(
+        self, jobs: Sequence[ScoreJob], zero: Sequence[bool], adapter: ScorerAdapter, options: ScorerOptions
+    ) -> torch.Tensor:
+        """(rows, d_model, r): cached or generated G, zeros for the rows of jobs marked `zero`."""
+        per_row: list[torch.Tensor | None] = []
+        miss_rows: list[int] = []
+        miss_u: list[int] = []
+        miss_i: list[int] = []
+        miss_h: list[list[int]] = []
+        use_cache = self.cache.enabled
+        for j, z in zip(jobs, zero, strict=True):
+            if z:
+                per_row += [None] * len(j.item_ids)
+                continue
+            keys = [self._cache_key(i, j.history, adapter) for i in j.item_ids]
+            found = self.cache.get_many(j.user_id, keys) if use_cache else [None] * len(keys)
+            for i, g in zip(j.item_ids, found, strict=True):
+                if g is None:
+                    miss_rows.append(len(per_row))
+                    miss_u.append(j.user_id)
+                    miss_i.append(i)
+                    miss_h.append(j.history)
+                per_row.append(g)
+        if miss_rows:
+            chunk = options.max_rows_per_forward
+            for s in range(0, len(miss_rows), chunk):
+                g = adapter.compute_G(miss_u[s : s + chunk], miss_i[s : s + chunk], miss_h[s : s + chunk])
+                for r, u, i, h, gm in zip(
+                    miss_rows[s : s + chunk],
+                    miss_u[s : s + chunk],
+                    miss_i[s : s + chunk],
+                    miss_h[s : s + chunk],
+                    g,
+                    strict=True,
+                ):
+                    per_row[r] = gm
+                    if use_cache:
+                        # clone: a view would keep the whole batch tensor alive (and uncounted) in the cache
+                        self.cache.put(u, self._cache_key(i, h, adapter), gm.clone())
+        template = next((g for g in per_row if g is not None), None)
+        if template is None:
+            shape = adapter.g_shape()
+            return torch.zeros((len(per_row), *shape))
+        zeros = torch.zeros_like(template)
+        return torch.stack([zeros if g is None else g for g in per_row])
+
+    # -- introspection ---------------------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        return {
+            **self.adapter.describe(),
+            "cache": self.cache.stats().to_dict(),
+            "rows_scored": self.rows_scored,
+            "batches": self.batches,
+            "options": dict(self.options.__dict__),
+        }
+
+
+def finite_or_error(scores: Sequence[float]) -> None:
+    """A non-finite score is a server-side fault (a broken checkpoint), never something to send as JSON."""
+    bad = [s for s in scores if not math.isfinite(s)]
+    if bad:
+        raise CoraError(f"the model produced {len(bad)} non-finite score(s); the checkpoint may be corrupted")

@@ -1,0 +1,410 @@
+"""The Ray Serve application: an HTTP ingress (FastAPI) in front of batching CoRA scorer replicas.
+
+    serve run serve.local.config             # CPU, one replica, 127.0.0.1:8000, the demo checkpoint
+    serve run serve.config                   # GPU replicas, autoscaling (edit the s3:// URIs first)
+    serve run serve.app:build_app checkpoint_uri=artifacts/demo/checkpoint   # no config file
+
+Two deployments, wiring only (the rules live in cora_ray.infer.service, the model in cora_ray.infer):
+- `CoRAIngress` validates requests (pydantic models, size limits), maps raw ids to int ids and histories
+  (`Catalog`), and calls the scorer; OpenAPI docs at /docs.
+- `CoRAScorer` holds a `ScoringEngine` (Scorer + G cache). `@serve.batch` gathers jobs of different
+  users into one batch; the engine splits candidate lists into rows. Its `user_config` (ScorerOptions)
+  sets batch size / wait / cache budget and may name a new checkpoint: a reload in place, no restart.
+  Calls are routed per user (serve/routing.py) so a user's G stays hot on one replica.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the request models as classes, not strings,
+# on the methods that serve.ingress wraps.
+
+import asyncio
+import functools
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cora_ray.checkpoint import read_checkpoint_manifest
+from cora_ray.config import from_dict
+from cora_ray.errors import ConfigError, CoraError
+from cora_ray.infer.service import (
+    Catalog,
+    RankedItem,
+    RecommendRequest,
+    RecommendResponse,
+    RequestError,
+    RequestLimits,
+    ScoreJob,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreResult,
+    ScorerOptions,
+    ScoringEngine,
+    finite_or_error,
+    top_k,
+)
+
+logger = logging.getLogger("ray.serve")
+
+# ---------------------------------------------------------------------------------------------------------
+# application arguments (the `args:` of a Serve config, or key=value pairs after `serve run serve.app:build_app`)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AppArgs:
+    """What `build_app` takes. URIs are local paths or s3:// prefixes."""
+
+    checkpoint_uri: str = "artifacts/demo/checkpoint"
+    data_uri: str | None = None  # the protocol dataset; default: the one recorded in the checkpoint's config
+    s3_endpoint: str | None = None  # else AWS_ENDPOINT_URL
+    device: str = "auto"  # auto: cuda when the replica has a GPU, else cpu
+    dtype: str | None = None  # None: the scorer's default (fp32 on CPU, bf16 on GPU)
+    route_by_user: bool = True  # user-affinity routing (serve/routing.py); false: Serve's default router
+    # "module:callable" building the scorer from (checkpoint_uri, data_uri, device, dtype); default: the
+    # CoRA Scorer (cora_ray.infer.scorer.Scorer.from_checkpoint). For other scorers with the same calls.
+    scorer_factory: str | None = None
+    scorer: ScorerOptions = field(default_factory=ScorerOptions)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+
+
+def _absolute(uri: str | None) -> str | None:
+    """Local paths become absolute where the app is built: replicas run with another working directory."""
+    if uri is None or "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().absolute())
+
+
+def resolve_data_uri(checkpoint_uri: str, data_uri: str | None, endpoint: str | None = None) -> str:
+    """The data URI given, else the one the checkpoint was trained on (its config's data.uri)."""
+    if data_uri:
+        return data_uri
+    manifest = read_checkpoint_manifest(checkpoint_uri, endpoint)
+    uri = ((manifest.get("config") or {}).get("data") or {}).get("uri")
+    if not uri:
+        raise ConfigError(
+            f"checkpoint {checkpoint_uri} records no data.uri; pass data_uri to the application"
+        )
+    return uri
+
+
+def load_scorer(
+    checkpoint_uri: str,
+    data_uri: str,
+    device: str,
+    dtype: str | None,
+    endpoint: str | None = None,
+    factory: str | None = None,
+) -> Any:
+    """The cora_ray.infer Scorer for a checkpoint (hashes checked against the data and the base LLM)."""
+    import importlib
+
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if endpoint:
+        os.environ.setdefault("AWS_ENDPOINT_URL", endpoint)
+    if factory:
+        module, _, name = factory.partition(":")
+        build = importlib.import_module(module)
+        for part in name.split("."):
+            build = getattr(build, part)
+    else:
+        from cora_ray.infer.scorer import Scorer
+
+        build = Scorer.from_checkpoint
+    return build(checkpoint_uri, data_uri=data_uri, device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scorer deployment
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _CacheMetrics:
+    """G cache counters as Ray metrics (Prometheus: ray_cora_g_cache_*), tagged by replica."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        ctx = serve.get_replica_context()
+        self.tags = {"replica": ctx.replica_id.unique_id if ctx else "local"}
+        keys = ("replica",)
+        self.hits = metrics.Counter("cora_g_cache_hits", "G cache hits", tag_keys=keys)
+        self.misses = metrics.Counter("cora_g_cache_misses", "G cache misses (generator runs)", tag_keys=keys)
+        self.evictions = metrics.Counter("cora_g_cache_evictions", "G cache LRU evictions", tag_keys=keys)
+        self.bytes = metrics.Gauge("cora_g_cache_bytes", "G cache payload bytes", tag_keys=keys)
+        self.entries = metrics.Gauge("cora_g_cache_entries", "G cache (user, item) entries", tag_keys=keys)
+        self.rows = metrics.Counter("cora_scored_rows", "rows (user, item) scored", tag_keys=keys)
+        self._last = {"hits": 0, "misses": 0, "evictions": 0, "rows": 0}
+
+    def export(self, engine: ScoringEngine) -> None:
+        s = engine.cache.stats()
+        now = {"hits": s.hits, "misses": s.misses, "evictions": s.evictions, "rows": engine.rows_scored}
+        for name, value in now.items():
+            delta = value - self._last[name]
+            if delta > 0:
+                getattr(self, name).inc(delta, tags=self.tags)
+        self._last = now
+        self.bytes.set(s.bytes, tags=self.tags)
+        self.entries.set(s.entries, tags=self.tags)
+
+
+@serve.deployment(
+    name="CoRAScorer", max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=30
+)
+class CoRAScorer:
+    """One replica: a Scorer for the checkpoint, the G cache, dynamic batching across users."""
+
+    def __init__(
+        self,
+        checkpoint_uri: str,
+        data_uri: str,
+        device: str,
+        dtype: str | None,
+        endpoint: str | None,
+        factory: str | None = None,
+    ) -> None:
+        self._load = functools.partial(
+            load_scorer, data_uri=data_uri, device=device, dtype=dtype, endpoint=endpoint, factory=factory
+        )
+        self._defaults = ScorerOptions(checkpoint_uri=checkpoint_uri)
+        self._checkpoint_uri = checkpoint_uri
+        self._reload_lock = asyncio.Lock()
+        scorer = self._load(checkpoint_uri)
+        self.engine = ScoringEngine(scorer, self._defaults)
+        self._metrics = _CacheMetrics()
+        self._apply_batching(self._defaults)
+        logger.info("CoRAScorer ready: %s", self.engine.adapter.model_id)
+
+    def _apply_batching(self, options: ScorerOptions) -> None:
+        self._batched.set_max_batch_size(options.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """New options; a new checkpoint_uri loads beside the serving model and swaps in between batches."""
+        options = ScorerOptions.from_user_config(user_config, self._defaults)
+        uri = options.checkpoint_uri or self._defaults.checkpoint_uri
+        async with self._reload_lock:
+            if uri != self._checkpoint_uri:
+                logger.info(
+                    "CoRAScorer: loading checkpoint %s (serving %s meanwhile)", uri, self._checkpoint_uri
+                )
+                scorer = await asyncio.to_thread(self._load, uri)
+                await asyncio.to_thread(self.engine.swap, scorer)
+                self._checkpoint_uri = uri
+                logger.info("CoRAScorer: now serving %s", self.engine.adapter.model_id)
+            self.engine.set_options(options)
+            self._apply_batching(options)
+
+    async def score(self, job: ScoreJob) -> ScoreResult:
+        return await self._batched(job)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _batched(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
+        # the forward pass runs off the event loop so health checks and new requests are not blocked
+        results = await asyncio.to_thread(self.engine.score_jobs, jobs)
+        self._metrics.export(self.engine)
+        return results
+
+    def describe(self) -> dict:
+        ctx = serve.get_replica_context()
+        return {**self.engine.describe(), "replica": ctx.replica_id.unique_id if ctx else None}
+
+    def check_health(self) -> None:
+        if self.engine is None:
+            raise RuntimeError("CoRAScorer has no model loaded")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTTP ingress
+# ---------------------------------------------------------------------------------------------------------
+
+api = FastAPI(
+    title="cora_ray",
+    summary="CoRA (collaborative LoRA) LLM recommender: score items for a user, or rank candidates",
+    version="0.1.0",
+    docs_url="/docs",
+)
+api.state.max_body_bytes = RequestLimits().max_body_bytes
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies above `api.state.max_body_bytes` with 413, before parsing."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = api.state.max_body_bytes
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = JSONResponse(
+            {"detail": f"request body larger than the limit of {limit} bytes"}, status_code=413
+        )
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await too_big(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await too_big(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+api.add_middleware(BodyLimit)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    # the default handler echoes the input back; keep the answer small and say what is wrong and where
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()[:20]
+    ]
+    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+    return JSONResponse({"detail": f"invalid request: {summary}", "errors": errors}, status_code=422)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+_RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+@serve.deployment(name="CoRAIngress", max_ongoing_requests=256)
+@serve.ingress(api)
+class CoRAIngress:
+    """HTTP API: validation, id mapping and histories here; scoring on CoRAScorer replicas."""
+
+    def __init__(self, scorer: DeploymentHandle, data_uri: str, endpoint: str | None, limits: dict) -> None:
+        self.scorer = scorer
+        self.limits = from_dict(RequestLimits, limits, source="limits")
+        api.state.max_body_bytes = self.limits.max_body_bytes
+        self.data_uri = data_uri
+        self.catalog = Catalog.from_dataset(data_uri, endpoint)
+
+    async def _score(self, job: ScoreJob) -> ScoreResult:
+        # A replica that dies mid-request (node loss, OOM) fails only the calls it held; Serve is already
+        # starting its replacement, and the router sends the retry to a live replica.
+        for attempt in range(3):
+            try:
+                result: ScoreResult = await self.scorer.score.remote(job)
+                finite_or_error(result.scores)
+                return result
+            except _RETRYABLE as exc:
+                if attempt == 2:
+                    raise RequestError(
+                        f"no scorer replica could take the request ({type(exc).__name__}); retry", 503
+                    ) from exc
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @api.post("/v1/score", response_model=ScoreResponse, summary="Score items for a user")
+    async def score(self, req: ScoreRequest) -> ScoreResponse:
+        """The "Yes" logit of each item for the user, in the order given. Ids are the dataset's raw ids."""
+        job = self.catalog.resolve(req.user_id, req.item_ids, req.history, self.limits, what="item_ids")
+        result = await self._score(job)
+        return ScoreResponse(scores=result.scores, model=result.model, cold_start=result.cold_start)
+
+    @api.post("/v1/recommend", response_model=RecommendResponse, summary="Top k of the candidates for a user")
+    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        """Score every candidate and return the k best, highest first (k above the candidates: all)."""
+        raw = [c if isinstance(c, str) else str(c) for c in req.candidates]
+        dupes = sorted({c for c in raw if raw.count(c) > 1}) if len(set(raw)) != len(raw) else []
+        if dupes:
+            raise RequestError(
+                f"candidates must be distinct; repeated: {', '.join(map(repr, dupes[:10]))}", 422
+            )
+        if req.k > self.limits.max_items:
+            raise RequestError(f"k={req.k} is above the limit of {self.limits.max_items}", 422)
+        job = self.catalog.resolve(req.user_id, req.candidates, req.history, self.limits, what="candidates")
+        result = await self._score(job)
+        ranked = top_k(raw, result.scores, req.k)
+        items = [
+            RankedItem(item_id=r, score=s, title=self.catalog.title(self.catalog.item_ids[r]))
+            for r, s in ranked
+        ]
+        return RecommendResponse(items=items, model=result.model, cold_start=result.cold_start)
+
+    @api.get("/healthz", summary="Liveness of the HTTP ingress")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "users": len(self.catalog.user_ids), "items": len(self.catalog.item_ids)}
+
+    @api.get("/v1/model", summary="The checkpoint served, its base LLM, CF backbone, metrics and cache stats")
+    async def model(self) -> dict:
+        info = await self.scorer.describe.remote()
+        return {
+            **info,
+            "data": self.data_uri,
+            "dataset_hash": self.catalog.dataset_hash,
+            "limits": asdict(self.limits),
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the builder
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """The application for `serve run` / `serve deploy`; `args` follow AppArgs (nested scorer / limits)."""
+    parsed = from_dict(AppArgs, dict(args or {}), source="application args")
+    checkpoint_uri = _absolute(parsed.checkpoint_uri)
+    data_uri = _absolute(resolve_data_uri(checkpoint_uri, parsed.data_uri, parsed.s3_endpoint))
+    options = parsed.scorer
+    user_config = {k: v for k, v in asdict(options).items() if v is not None}
+    user_config["checkpoint_uri"] = _absolute(options.checkpoint_uri) or checkpoint_uri
+
+    scorer_opts: dict[str, Any] = {
+        "user_config": user_config,
+        "max_ongoing_requests": max(64, 2 * options.max_batch_size),
+    }
+    if parsed.route_by_user:
+        from ray.serve.config import RequestRouterConfig
+
+        from serve.routing import UserAffinityRouter
+
+        scorer_opts["request_router_config"] = RequestRouterConfig(request_router_class=UserAffinityRouter)
+    scorer = CoRAScorer.options(**scorer_opts).bind(
+        checkpoint_uri, data_uri, parsed.device, parsed.dtype, parsed.s3_endpoint, parsed.scorer_factory
+    )
+    return CoRAIngress.bind(scorer, data_uri, parsed.s3_endpoint, asdict(parsed.limits))
+
+
+__all__ = ["AppArgs", "CoRAIngress", "CoRAScorer", "CoraError", "api", "build_app"]

@@ -1,0 +1,32 @@
+"""User-affinity routing: the same user always prefers the same replica; users spread over replicas."""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+from cora_ray.infer.service import ScoreJob
+from serve.routing import rendezvous_rank, user_key_of
+
+
+def test_rendezvous_is_stable_and_spreads_users():
+    replicas = ["r1", "r2", "r3", "r4"]
+    first = {f"user_{u}": rendezvous_rank(f"user_{u}", replicas)[0] for u in range(400)}
+    assert first == {u: rendezvous_rank(u, list(reversed(replicas)))[0] for u in first}  # order-independent
+    counts = Counter(first.values())
+    assert set(counts) == set(replicas) and min(counts.values()) > 60
+
+
+def test_removing_a_replica_moves_only_its_users():
+    replicas = ["r1", "r2", "r3", "r4"]
+    before = {u: rendezvous_rank(str(u), replicas)[0] for u in range(300)}
+    after = {u: rendezvous_rank(str(u), replicas[:3])[0] for u in range(300)}
+    moved = {u for u in before if before[u] != after[u]}
+    assert moved == {u for u in before if before[u] == "r4"}
+
+
+def test_user_key_is_read_from_the_scorer_call():
+    job = ScoreJob(user_key="u7", user_id=7, item_ids=[1], history=[])
+    assert user_key_of(SimpleNamespace(args=[job], kwargs={})) == "u7"
+    assert user_key_of(SimpleNamespace(args=[], kwargs={})) is None
+    assert user_key_of(None) is None
