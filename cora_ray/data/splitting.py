@@ -360,7 +360,7 @@ def open_source(uri: str, endpoint: str | None = None) -> Iterator[SourceFile]:
 
     fs, path = storage.filesystem(uri, endpoint)
     try:
-        raw = fs.open_input_stream(path)
+        raw = fs.open_input_stream(path, compression=None)  # no extension-based decompression
     except FileNotFoundError:
         raise DataError(f"{uri}: file not found") from None
     except OSError as exc:
