@@ -92,11 +92,11 @@ def locate(source: str | None, endpoint: str | None = None) -> tuple[str, str, s
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _decode(data: bytes, uri: str, encoding: str) -> str:
+def _decode(data: bytes, uri: str, encoding: str, first_line: int = 1) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + first_line
         raise DataError(f"{uri} line {line}: not valid {encoding} text ({exc.reason})") from None
 
 
@@ -134,7 +134,7 @@ def _fields(
     fast = _fast_fields(data, sep, n_fields, encoding)
     if fast is not None:
         return fast, np.arange(first_line, first_line + len(fast[0]))
-    lines = _decode(data, uri, encoding).splitlines()
+    lines = _decode(data, uri, encoding, first_line).splitlines()
     fields = [line.split(sep) for line in lines]
     line_no = np.arange(first_line, first_line + len(lines))
     bad = [i for i, f in enumerate(fields) if len(f) != n_fields]
