@@ -1,0 +1,182 @@
+"""Local and S3 storage: atomic writes, the manifest as commit marker, datasets written to and read from S3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cora_ray import storage
+from cora_ray.data import protocol
+from cora_ray.data.prepare import prepare
+from cora_ray.errors import StorageError
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# local
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "a" / "b.json"
+    storage.write_json(str(target), {"x": 1})
+    storage.write_json(str(target), {"x": 2})
+    assert storage.read_json(str(target)) == {"x": 2}
+    assert leftovers(target.parent) == []
+    with pytest.raises(StorageError, match="file not found"):
+        storage.read_bytes(str(tmp_path / "missing"))
+
+
+def test_atomic_dir_publishes_only_complete_directories(tmp_path):
+    dest = tmp_path / "art"
+    with pytest.raises(RuntimeError):
+        with storage.atomic_dir(str(dest)) as tmp:
+            (tmp / "weights.bin").write_bytes(b"x")
+            raise RuntimeError("crash mid-write")
+    assert not dest.exists() and leftovers(tmp_path) == []
+    with pytest.raises(StorageError, match="has no manifest.json"):
+        with storage.atomic_dir(str(dest)) as tmp:
+            (tmp / "weights.bin").write_bytes(b"x")
+    assert not dest.exists()
+    with storage.atomic_dir(str(dest)) as tmp:
+        (tmp / "manifest.json").write_text('{"v": 1}')
+    assert storage.read_manifest(str(dest)) == {"v": 1}
+    with pytest.raises(StorageError, match="already holds a complete artifact"):
+        with storage.atomic_dir(str(dest)) as tmp:
+            (tmp / "manifest.json").write_text('{"v": 2}')
+    with storage.atomic_dir(str(dest), overwrite=True) as tmp:
+        (tmp / "manifest.json").write_text('{"v": 2}')
+    assert storage.read_manifest(str(dest)) == {"v": 2} and leftovers(tmp_path) == []
+
+
+def test_directory_without_manifest_is_refused(tmp_path):
+    out = tmp_path / "ds"
+    prepare("synthetic", str(out), progress=quiet)
+    assert protocol.read_split(str(out), "train").num_rows > 0
+    (out / "manifest.json").unlink()
+    with pytest.raises(StorageError, match="incomplete dataset: it has no manifest.json"):
+        protocol.read_split(str(out), "train")
+    with pytest.raises(StorageError, match="dataset not found"):
+        protocol.read_manifest(str(tmp_path / "nothing"))
+
+
+def test_edited_manifest_is_refused(tmp_path):
+    out = tmp_path / "ds"
+    prepare("synthetic", str(out), progress=quiet)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["counts"]["train"] += 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StorageError, match="hash does not match"):
+        protocol.read_manifest(str(out))
+
+
+def test_local_failure_mid_write_leaves_nothing_and_keeps_the_old_dataset(tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    real_write = protocol.pq.write_table
+    calls = {"n": 0}
+
+    def failing_write(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(protocol.pq, "write_table", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        prepare("synthetic", str(out), progress=quiet)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+    monkeypatch.setattr(protocol.pq, "write_table", real_write)
+    old = prepare("synthetic", str(out), seed=1, progress=quiet)
+    calls["n"] = 0
+    monkeypatch.setattr(protocol.pq, "write_table", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        prepare("synthetic", str(out), seed=2, overwrite=True, progress=quiet)
+    assert protocol.read_manifest(str(out))["hash"] == old["hash"]  # the old dataset is intact
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# S3 (a real local S3 endpoint)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_s3_dataset_round_trip(s3_bucket, tmp_path):
+    uri = f"{s3_bucket}/datasets/syn"
+    manifest = prepare("synthetic", uri, users=40, items=30, seed=3, progress=quiet)
+    local = tmp_path / "syn"
+    prepare("synthetic", str(local), users=40, items=30, seed=3, progress=quiet)
+    assert protocol.read_manifest(uri) == manifest == protocol.read_manifest(str(local))
+    for split in protocol.SPLITS + protocol.DERIVED_SPLITS:
+        assert protocol.read_split(uri, split).equals(protocol.read_split(str(local), split))
+    assert protocol.read_items(uri).equals(protocol.read_items(str(local)))
+    files = storage.list_files(uri)
+    assert f"{uri}/manifest.json" in files and f"{uri}/interactions/train/part-00000.parquet" in files
+
+
+def test_s3_prefix_without_manifest_is_refused(s3_bucket):
+    uri = f"{s3_bucket}/partial"
+    storage.write_bytes(f"{uri}/interactions/train/part-00000.parquet", b"not yet complete")
+    with pytest.raises(StorageError, match="incomplete dataset"):
+        protocol.read_split(uri, "train")
+    with pytest.raises(StorageError, match="incomplete dataset .*--overwrite"):
+        prepare("synthetic", uri, progress=quiet)
+
+
+def test_s3_failure_mid_upload_leaves_nothing_accepted(s3_bucket, monkeypatch):
+    uri = f"{s3_bucket}/crash"
+    real_write = storage.write_bytes
+    calls = {"n": 0}
+
+    def flaky_write(target, data, endpoint=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise StorageError(f"cannot write {target}: connection reset")
+        return real_write(target, data, endpoint)
+
+    monkeypatch.setattr(storage, "write_bytes", flaky_write)
+    with pytest.raises(StorageError, match="connection reset"):
+        prepare("synthetic", uri, progress=quiet)
+    monkeypatch.setattr(storage, "write_bytes", real_write)
+    assert storage.list_files(uri)  # some parts were uploaded ...
+    assert not storage.exists(f"{uri}/manifest.json")  # ... but no commit marker
+    with pytest.raises(StorageError, match="incomplete"):
+        protocol.read_manifest(uri)
+    manifest = prepare("synthetic", uri, overwrite=True, progress=quiet)
+    assert protocol.read_manifest(uri) == manifest
+
+
+def test_s3_overwrite_leaves_no_stale_parts(s3_bucket):
+    uri = f"{s3_bucket}/replace"
+    prepare("synthetic", uri, users=50, items=40, seed=1, progress=quiet)
+    # a part that only an older, bigger version of the dataset had
+    stale = f"{uri}/interactions/train/part-00007.parquet"
+    storage.write_bytes(stale, storage.read_bytes(f"{uri}/interactions/train/part-00000.parquet"))
+    manifest = prepare("synthetic", uri, users=30, items=20, seed=2, overwrite=True, progress=quiet)
+    assert stale not in storage.list_files(uri)
+    assert protocol.read_split(uri, "train").num_rows == manifest["counts"]["train"]
+
+
+def test_s3_refuses_to_replace_foreign_objects(s3_bucket):
+    storage.write_bytes(f"{s3_bucket}/mixed/notes.txt", b"someone else's")
+    with pytest.raises(StorageError, match="not part of a dataset"):
+        prepare("synthetic", f"{s3_bucket}/mixed", overwrite=True, progress=quiet)
+    assert storage.read_bytes(f"{s3_bucket}/mixed/notes.txt") == b"someone else's"
+
+
+@pytest.mark.slow
+def test_real_ml1m_to_s3_and_back(s3_bucket):
+    uri = f"{s3_bucket}/ml-1m"
+    manifest = prepare("ml-1m", uri, progress=quiet)
+    assert manifest["counts"] == {"train": 33_891, "valid": 10_401, "valid_small": 5_200, "test": 7_331}
+    assert protocol.read_split(uri, "test").num_rows == 7_331
+    assert protocol.read_items(uri).num_rows == 3_255 and protocol.read_users(uri).num_rows == 838
