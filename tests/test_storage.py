@@ -180,3 +180,47 @@ def test_real_ml1m_to_s3_and_back(s3_bucket):
     assert manifest["counts"] == {"train": 33_891, "valid": 10_401, "valid_small": 5_200, "test": 7_331}
     assert protocol.read_split(uri, "test").num_rows == 7_331
     assert protocol.read_items(uri).num_rows == 3_255 and protocol.read_users(uri).num_rows == 838
+
+
+def test_sources_can_be_read_from_s3(s3_bucket, tmp_path):
+    """ML-1M (GroupLens files) and Amazon-Book (gzip, streamed) inputs under an s3:// prefix."""
+    import gzip
+    import os
+
+    import boto3
+
+    from cora_ray.data.amazon_book import load_amazon_book
+    from cora_ray.data.ml1m import load_ml1m
+
+    day = 86_400
+    ratings = "".join(
+        f"{u}::{m}::{1 + (u + m) % 5}::{946_684_800 + (k * 37 % 1040) * day}\n"
+        for k, (u, m) in enumerate((u, m) for u in range(1, 8) for m in range(1, 6))
+    )
+    storage.write_bytes(f"{s3_bucket}/ml/ratings.dat", ratings.encode("latin-1"))
+    storage.write_bytes(
+        f"{s3_bucket}/ml/movies.dat", "".join(f"{m}::Movie {m} (1999)::Drama\n" for m in range(1, 6)).encode()
+    )
+    local = tmp_path / "ml"
+    local.mkdir()
+    (local / "ratings.dat").write_text(ratings)
+    (local / "movies.dat").write_text("".join(f"{m}::Movie {m} (1999)::Drama\n" for m in range(1, 6)))
+    a, b = load_ml1m(f"{s3_bucket}/ml"), load_ml1m(str(local))
+    assert a.sources == b.sources
+    for split in protocol.SPLITS:
+        assert a.splits[split].equals(b.splits[split])
+
+    lines = [
+        f'{{"reviewerID": "R{u}", "asin": "B{i}", "overall": 5.0, "unixReviewTime": {1_483_228_800 + (u + i * 16) * day}}}\n'
+        for u in range(22)
+        for i in range(22)
+    ]
+    meta = "".join(f'{{"asin": "B{i}", "title": "Book {i}"}}\n' for i in range(22))
+    # uploaded as-is with boto3, like `aws s3 cp` would (pyarrow's output streams would gzip a .gz again)
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    bucket = s3_bucket[len("s3://") :]
+    s3.put_object(Bucket=bucket, Key="amazon/Books_5.json.gz", Body=gzip.compress("".join(lines).encode()))
+    s3.put_object(Bucket=bucket, Key="amazon/meta_Books.json.gz", Body=gzip.compress(meta.encode()))
+    book = load_amazon_book(f"{s3_bucket}/amazon")
+    assert book.users.num_rows == 22 and book.items.num_rows == 22
+    assert sum(t.num_rows for k, t in book.splits.items() if k != "valid_small") == 22 * 22

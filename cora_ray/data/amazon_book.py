@@ -246,7 +246,9 @@ def load_amazon_book(
     keep &= has_title[r["item_code"]]
     untitled_rows = filtered - int(keep.sum())
     if untitled_items:
-        progress(f"amazon-book: {untitled_items:,} items without a title dropped ({untitled_rows:,} reviews)")
+        progress(
+            f"amazon-book: items without a title: {untitled_items:,} dropped, with their {untitled_rows:,} reviews"
+        )
     if not keep.any():
         raise DataError(
             f"{meta_uri}: none of the {len(kept_items):,} items left after the filter has a title; "
