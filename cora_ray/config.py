@@ -280,6 +280,9 @@ class ModelConfig:
     dropout: float = 0.05
     targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    # rows whose user the CF backbone does not know get G = 0 (the plain LLM) instead of a G generated
+    # from an untrained user vector; false generates G for every row, as the authors' code does
+    zero_delta_for_cold_users: bool = True
     # TALLRec: one shared LoRA
     lora_rank: int = 8
     lora_alpha: float = 16.0

@@ -1,0 +1,169 @@
+"""What every recommender model shares: the frozen LLM, the "Yes" score, the loss, the trainable-only state.
+
+Score (SPEC §3, DESIGN §5.2). With h = the final hidden state at the last prompt position (left padding
+makes that position -1) and W the LM head:
+
+    score = h · W[yes] (+ b[yes])                 or, with a negative token,  h · (W[yes] − W[no]) (+ ...)
+
+which is exactly `logits[:, -1, yes]` (minus `logits[:, -1, no]`) without building the [B, T, vocab]
+logits. Loss = binary cross-entropy with logits of the score against the 0/1 label.
+
+Batches are dicts of tensors: input_ids (B, T) long, left-padded; attention_mask (B, T); label (B,);
+user_id, item_id (B,) and history (B, H) where the method needs CF vectors; user_pos, item_pos (B,) where
+it needs placeholder positions (CoLLM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cora_ray.errors import ArtifactMismatchError, ModelError
+
+if TYPE_CHECKING:
+    from cora_ray.llm.loaded import LoadedLLM
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """requires_grad=False on every parameter: no weight gradients, activations still carry them."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 0/1 mask, left-padded → (B, T) positions counting real tokens only (pads get 0).
+
+    The model's own default is 0..T-1 for every row, which would shift a row's positions by its padding."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_hidden_state(
+    lm: nn.Module,
+    attention_mask: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run the causal LM's decoder stack (no LM head) and return the last position's hidden state (B, d)."""
+    if not bool(attention_mask[:, -1].all()):
+        raise ModelError(
+            "the batch is right-padded (attention_mask[:, -1] has zeros): prompts must be left-padded so that "
+            "position -1 is every row's last prompt token (tokenizer.padding_side = 'left')"
+        )
+    out = lm.base_model(
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return out.last_hidden_state[:, -1]  # (B, d): final-norm'd state at the last prompt token
+
+
+def answer_score(
+    lm: nn.Module, h: torch.Tensor, answer_token_id: int, negative_token_id: int | None
+) -> torch.Tensor:
+    """(B, d) last hidden states → (B,) logit of the answer token (minus the negative token's logit)."""
+    head = lm.get_output_embeddings()  # nn.Linear (vocab, d); tied to the input embeddings in SmolLM2
+    w = head.weight[answer_token_id]  # (d,)
+    b = head.bias[answer_token_id] if head.bias is not None else None
+    if negative_token_id is not None:
+        w = w - head.weight[negative_token_id]
+        b = b - head.bias[negative_token_id] if b is not None else None
+    score = h @ w.to(h.dtype)  # (B,)
+    return score + b if b is not None else score
+
+
+class RecModel(nn.Module):
+    """Base class of CoRA and the baselines: a frozen LLM scoring "Yes", plus method-specific trainable parts.
+
+    Subclasses implement `forward(batch) -> (B,)` logits. Trainable = parameters with requires_grad; the LLM
+    (registered as `lm`) and the CF backbone (`cf`, where used) are frozen here and stay in eval mode.
+    """
+
+    method: str = "base"
+
+    def __init__(self, llm: LoadedLLM) -> None:
+        super().__init__()
+        self.loaded_llm = llm
+        self.lm = freeze(llm.model)
+        self.answer_token_id = int(llm.answer_token_id)
+        self.negative_token_id = None if llm.negative_token_id is None else int(llm.negative_token_id)
+        self.d_model = int(llm.hidden_size)
+
+    # --- what the data pipeline must provide ------------------------------------------------------------
+    @property
+    def needs_cf(self) -> bool:
+        """True when batches must carry user_id, item_id (and history) for the CF backbone."""
+        return False
+
+    @property
+    def needs_placeholders(self) -> bool:
+        """True when prompts carry user/item placeholder tokens and batches their positions."""
+        return False
+
+    # --- scoring -------------------------------------------------------------------------------------------
+    def score_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, d) last hidden states → (B,) scores (the "Yes" row of the LM head)."""
+        return answer_score(self.lm, h, self.answer_token_id, self.negative_token_id)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Mean binary cross-entropy with logits of the scores against batch["label"] (0/1)."""
+        logits = self(batch)  # (B,)
+        return F.binary_cross_entropy_with_logits(logits.float(), batch["label"].to(logits.device).float())
+
+    def train(self, mode: bool = True) -> RecModel:
+        super().train(mode)
+        cf = getattr(self, "cf", None)
+        if isinstance(cf, nn.Module):
+            cf.eval()  # frozen: no dropout in the CF encoder, ever
+        return self
+
+    # --- memory ------------------------------------------------------------------------------------------
+    def checkpoint_kwargs(self) -> dict:
+        """Keyword arguments for torch.utils.checkpoint (subclasses add what their layers need)."""
+        return {"use_reentrant": False}
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer in backward instead of storing its activations (train.gradient_checkpointing)."""
+        enable = getattr(self.lm, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5.2x
+            enable(activation_checkpointing_kwargs=self.checkpoint_kwargs())
+        else:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=self.checkpoint_kwargs())
+
+    # --- trainable state -----------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimizer updates (never an LLM or CF weight)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """{name: tensor} of the trainable parameters only (detached, sharing storage with the model)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy a `trainable_state_dict()` back in; names and shapes must match exactly."""
+        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ArtifactMismatchError(
+                f"trainable state does not fit this {self.method} model: missing {missing[:3]}"
+                f"{' ...' if len(missing) > 3 else ''} ({len(missing)}), unexpected {unexpected[:3]}"
+                f"{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)})"
+            )
+        for name, p in params.items():
+            if tuple(state[name].shape) != tuple(p.shape):
+                raise ArtifactMismatchError(
+                    f"trainable tensor '{name}' has shape {tuple(state[name].shape)} in the state, "
+                    f"{tuple(p.shape)} in the model (another rank, LLM or generator size?)"
+                )
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state[name])

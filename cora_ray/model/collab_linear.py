@@ -1,0 +1,151 @@
+"""The collaborative linear layer: a frozen projection plus a per-row rank-r delta (SPEC §2.3).
+
+For sample b and a targeted projection with frozen weight W (out × d_model) and learned P (out × r):
+
+    y_b = W x_b + (alpha / r) · P (G_bᵀ dropout(x_b))          G_b ∈ R^{d_model × r}, one per row
+
+which is the sample seeing the merged weight W + (alpha/r)·P·G_bᵀ. The delta is never materialised: the
+batch goes through W as one dense matmul, then through one batched matmul into rank r (bmm with every row's
+own G) and one matmul back out with P (DESIGN §5.1; Punica / S-LoRA with an adapter per row).
+
+G is not an argument of `forward` (transformers calls `self.q_proj(hidden_states)`), so it travels through
+a `CollabContext` that every layer of one model shares and that the CoRA model sets around the LLM's
+forward pass. No G (None) means the plain frozen layer: the cold-start / zero-delta path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from cora_ray.errors import ModelError
+from cora_ray.model.targets import replace_targets
+
+
+class CollabContext:
+    """Holds the current batch's G (B, d_model, r) for the collaborative layers of one model.
+
+    Thread-local, so two threads scoring with one model never see each other's G. `checkpoint_context_fn`
+    makes activation checkpointing replay a layer with the G of its original forward (the recompute runs
+    during backward, after `use` has exited).
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def G(self) -> torch.Tensor | None:
+        return getattr(self._local, "G", None)
+
+    @contextlib.contextmanager
+    def use(self, G: torch.Tensor | None) -> Iterator[None]:
+        """Set G for the duration of the block (nesting restores the outer one)."""
+        previous = self.G
+        self._local.G = G
+        try:
+            yield
+        finally:
+            self._local.G = previous
+
+    def checkpoint_context_fn(
+        self,
+    ) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        """`context_fn` for torch.utils.checkpoint (non-reentrant): replay with the forward's G."""
+        return contextlib.nullcontext(), self.use(self.G)
+
+
+class CollabLinear(nn.Module):
+    """A frozen `nn.Linear` (`base_layer`) plus the per-row collaborative path `(alpha/r) · P(bmm(x, G))`.
+
+    Parameters: `P` (out_features × r), zero-initialised so the wrapped model starts as the plain LLM.
+    Input x: (B, d_model), (B, T, d_model) or (B, ..., d_model); G from the context: (B, d_model, r).
+    """
+
+    def __init__(
+        self, base_layer: nn.Linear, context: CollabContext, rank: int, alpha: float, dropout: float
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.context = context
+        self.rank = rank
+        self.scaling = alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        w = base_layer.weight
+        self.P = nn.Parameter(
+            torch.zeros(base_layer.out_features, rank, device=w.device, dtype=torch.float32)
+        )
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen weight, for code that inspects `module.weight` (dtype / device checks)."""
+        return self.base_layer.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)  # (B, ..., out): one dense matmul for the whole batch
+        G = self.context.G
+        if G is None:
+            return y
+        B, d = x.shape[0], x.shape[-1]
+        if G.shape != (B, d, self.rank):
+            raise ModelError(
+                f"collaborative layer got G of shape {tuple(G.shape)} for an input of shape {tuple(x.shape)}; "
+                f"expected ({B}, {d}, {self.rank})"
+            )
+        x3 = x.reshape(B, -1, d)  # (B, T, d): a 2-D input is T = 1
+        u = torch.bmm(self.dropout(x3), G.to(x.dtype))  # (B, T, r): each row through its own G
+        # y += scaling · u Pᵀ as one fused matmul-add over all B·T positions
+        out = torch.addmm(
+            y.reshape(-1, self.out_features),
+            u.reshape(-1, self.rank),
+            self.P.to(x.dtype).t(),
+            alpha=self.scaling,
+        )
+        return out.view_as(y)
+
+    def merged_weight(self, G_row: torch.Tensor) -> torch.Tensor:
+        """W + (alpha/r)·P·Gᵀ for one row's G (d_model, r): (out, d_model). A reference, never on the hot path."""
+        return self.base_layer.weight + self.scaling * self.P.to(G_row.dtype) @ G_row.t()
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, scaling={self.scaling:g}"
+
+
+def inject_collab_layers(
+    model: nn.Module,
+    targets: Sequence[str],
+    rank: int,
+    alpha: float,
+    dropout: float,
+    context: CollabContext | None = None,
+) -> tuple[CollabContext, dict[str, CollabLinear]]:
+    """Wrap every linear layer of `model` whose name ends with a target suffix in a `CollabLinear`, in place.
+
+    Every target must be an `nn.Linear` with d_model (the text config's hidden_size) inputs: G is d_model × r.
+    Returns the shared context and {module name: CollabLinear}.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ModelError(
+            f"{type(model).__name__} has no config: cannot read d_model for the collaborative layers"
+        )
+    d_model = int(config.get_text_config().hidden_size)
+    context = context or CollabContext()
+    replaced = replace_targets(
+        model,
+        targets,
+        lambda _name, linear: CollabLinear(linear, context, rank, alpha, dropout),
+        in_features=d_model,
+    )
+    return context, replaced  # type: ignore[return-value]
