@@ -17,6 +17,7 @@ import sys
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (argparse exits with code 2 on a usage error)."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the preparation; 0 on success, 1 (message on stderr) on any CoraError."""
     args = parse_args(argv)
     from cora_ray.data.prepare import prepare
     from cora_ray.errors import CoraError

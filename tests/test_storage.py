@@ -224,3 +224,8 @@ def test_sources_can_be_read_from_s3(s3_bucket, tmp_path):
     book = load_amazon_book(f"{s3_bucket}/amazon")
     assert book.users.num_rows == 22 and book.items.num_rows == 22
     assert sum(t.num_rows for k, t in book.splits.items() if k != "valid_small") == 22 * 22
+
+
+def test_missing_bucket_is_reported_before_any_work(s3_server):
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
+        prepare("synthetic", "s3://no-such-bucket/ds", progress=pytest.fail)

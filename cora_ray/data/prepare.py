@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 
-from cora_ray.data import protocol, splitting
+from cora_ray.data import splitting
 from cora_ray.errors import ConfigError
 
 DATASETS = ("ml-1m", "amazon-book", "synthetic")
@@ -84,6 +84,3 @@ def prepare(
     for line in splitting.summary_lines(manifest, time.perf_counter() - t0):
         progress(line)
     return manifest
-
-
-__all__ = ["DATASETS", "prepare", "print_progress", "protocol"]

@@ -269,6 +269,12 @@ def check_destination(out_uri: str, endpoint: str | None = None, overwrite: bool
         and not storage.is_dir(out_uri, endpoint)
     ):
         raise StorageError(f"--out {out_uri} is an existing file, not a dataset directory")
+    if storage.is_s3(out_uri):
+        bucket = out_uri[len("s3://") :].split("/", 1)[0]
+        if not bucket or not storage.exists(f"s3://{bucket}", endpoint):
+            raise StorageError(
+                f"--out {out_uri}: bucket {bucket!r} does not exist (or is not visible to you)"
+            )
     entries = _top_entries(out_uri, endpoint)
     if not entries:
         return False
@@ -344,10 +350,12 @@ class SourceFile:
     compressed: bool
 
     def sha256(self) -> str:
+        """'sha256:<hex>' of the stored bytes read so far (the whole file once it was read to the end)."""
         return "sha256:" + self._hasher.sha.hexdigest()
 
     @property
     def bytes_read(self) -> int:
+        """Stored (possibly compressed) bytes read so far."""
         return self._hasher.nbytes
 
 
@@ -413,6 +421,7 @@ class Ticker:
         self._last = time.monotonic()
 
     def tick(self, rows: int, kept: int | None = None) -> None:
+        """Report `rows` read (and `kept`) if the last report is at least `every_s` seconds old."""
         now = time.monotonic()
         if now - self._last >= self.every_s:
             self._last = now
