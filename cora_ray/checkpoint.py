@@ -84,11 +84,15 @@ def read_checkpoint_manifest(uri: str, endpoint: str | None = None) -> dict:
     if manifest.get("kind") != KIND:
         raise StorageError(f"{uri}: not a cora_ray checkpoint (manifest kind={manifest.get('kind')!r})")
     if manifest.get("version") != VERSION:
-        raise StorageError(f"{uri}: checkpoint version {manifest.get('version')} unsupported (expected {VERSION})")
+        raise StorageError(
+            f"{uri}: checkpoint version {manifest.get('version')} unsupported (expected {VERSION})"
+        )
     return manifest
 
 
-def load_trainable(uri: str, manifest: dict | None = None, endpoint: str | None = None) -> dict[str, torch.Tensor]:
+def load_trainable(
+    uri: str, manifest: dict | None = None, endpoint: str | None = None
+) -> dict[str, torch.Tensor]:
     """The trainable tensors, checked against the sha256 in the manifest."""
     manifest = manifest or read_checkpoint_manifest(uri, endpoint)
     blob = storage.read_bytes(storage.join(uri, manifest["trainable"]["file"]), endpoint)

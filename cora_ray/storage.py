@@ -102,7 +102,7 @@ def list_files(uri: str, endpoint: str | None = None, suffix: str = "") -> list[
 def read_bytes(uri: str, endpoint: str | None = None) -> bytes:
     fs, path = filesystem(uri, endpoint)
     try:
-        with fs.open_input_stream(path) as f:
+        with fs.open_input_stream(path, compression=None) as f:
             return f.read()
     except FileNotFoundError:
         raise StorageError(f"file not found: {uri}") from None
@@ -127,7 +127,7 @@ def write_bytes(uri: str, data: bytes, endpoint: str | None = None) -> None:
     if is_s3(uri):
         fs, path = filesystem(uri, endpoint)
         try:
-            with fs.open_output_stream(path) as f:
+            with fs.open_output_stream(path, compression=None) as f:
                 f.write(data)
         except OSError as exc:
             raise StorageError(f"cannot write {uri}: {exc}") from exc
@@ -212,7 +212,9 @@ def atomic_dir(uri: str, endpoint: str | None = None, overwrite: bool = False) -
     """
     uri = str(uri)
     if exists(join(uri, MANIFEST), endpoint) and not overwrite:
-        raise StorageError(f"{uri} already holds a complete artifact (manifest.json); pass overwrite to replace it")
+        raise StorageError(
+            f"{uri} already holds a complete artifact (manifest.json); pass overwrite to replace it"
+        )
     if is_s3(uri):
         tmp = Path(tempfile.mkdtemp(prefix="cora_ray_stage_"))
         try:
@@ -254,7 +256,9 @@ def read_manifest(uri: str, endpoint: str | None = None, kind: str = "artifact")
     m = join(uri, MANIFEST)
     if not exists(m, endpoint):
         if exists(uri, endpoint):
-            raise StorageError(f"{uri} is an incomplete {kind}: it has no {MANIFEST} (a write did not finish?)")
+            raise StorageError(
+                f"{uri} is an incomplete {kind}: it has no {MANIFEST} (a write did not finish?)"
+            )
         raise StorageError(f"{kind} not found: {uri} (no {MANIFEST})")
     manifest = read_json(m, endpoint)
     if not isinstance(manifest, dict):

@@ -25,7 +25,9 @@ def test_defaults_follow_the_spec():
 
 def test_yaml_and_overrides_merge(tmp_path):
     p = write(tmp_path, "name: x\ntrain:\n  lr: 0.01\n  max_steps: 5\nmodel:\n  rank: 4\n")
-    cfg = load_config(ExperimentConfig, p, ["train.lr=1e-4", "model.targets=[q_proj, v_proj]", "train.use_gpu=true"])
+    cfg = load_config(
+        ExperimentConfig, p, ["train.lr=1e-4", "model.targets=[q_proj, v_proj]", "train.use_gpu=true"]
+    )
     assert cfg.name == "x"
     assert cfg.train.lr == pytest.approx(1e-4)
     assert cfg.train.max_steps == 5
@@ -97,6 +99,8 @@ def test_prompt_template_must_have_slots():
 def test_every_shipped_config_loads():
     from pathlib import Path
 
-    configs = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if "compare" not in p.name)
+    configs = sorted(
+        p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if "compare" not in p.name
+    )
     for p in configs:
         load_config(ExperimentConfig, p)

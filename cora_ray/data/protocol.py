@@ -126,7 +126,9 @@ def read_manifest(uri: str, endpoint: str | None = None) -> dict:
     """The dataset manifest; refuses incomplete directories and other protocols."""
     manifest = storage.read_manifest(uri, endpoint, kind="dataset")
     if manifest.get("protocol") != PROTOCOL:
-        raise StorageError(f"{uri}: not a {PROTOCOL} dataset (manifest protocol={manifest.get('protocol')!r})")
+        raise StorageError(
+            f"{uri}: not a {PROTOCOL} dataset (manifest protocol={manifest.get('protocol')!r})"
+        )
     if manifest.get("version") != PROTOCOL_VERSION:
         raise StorageError(
             f"{uri}: dataset protocol version {manifest.get('version')} is not supported (expected {PROTOCOL_VERSION})"
@@ -144,7 +146,9 @@ def _read_parquet(uri: str, endpoint: str | None, columns: list[str] | None = No
         raise StorageError(f"cannot read parquet at {uri}: {exc}") from exc
 
 
-def read_split(uri: str, split: str, endpoint: str | None = None, columns: list[str] | None = None) -> pa.Table:
+def read_split(
+    uri: str, split: str, endpoint: str | None = None, columns: list[str] | None = None
+) -> pa.Table:
     """A whole split as one table (for CF training and evaluation; training streams with Ray Data instead)."""
     read_manifest(uri, endpoint)
     base = "test" if split in DERIVED_SPLITS else split
