@@ -1,0 +1,556 @@
+"""The batched scorer: (user, item, history) rows → the model's answer logit. Evaluation AND serving use it.
+
+    scorer = Scorer.from_checkpoint("runs/demo/checkpoint_000003", data_uri="artifacts/ml-1m")
+    scores = scorer.score(user_ids, item_ids, histories)          # np.ndarray (n,), float32 logits
+
+One code path, two entry points:
+
+- `score(user_ids, item_ids, histories)` takes raw rows (int ids, histories oldest first), sorts them by
+  prompt length (length bucketing: rows of similar length share a batch, so little padding), encodes each
+  batch of `batch_size` rows and calls `score_encoded`. The result is in the caller's row order.
+- `score_encoded(batch, G=None)` takes a batch already encoded by `encode` (left-padded token ids, history
+  tensor, ids) and runs one forward pass under `torch.inference_mode`.
+
+Serving supplies collaborative weights itself (the per-user G cache, cold-start zero deltas): `compute_G`
+returns G (B, d_model, r) for rows, and `score(..., G=G)` takes them aligned with the rows given (the
+bucketing permutes them along with the rows); `g_provider=` is called per batch instead when G should be
+produced lazily. For a method without collaborative weights (TALLRec, CoLLM, zero-shot) G is refused.
+
+Loading checks the checkpoint against what it is used with: the dataset manifest hash, the CF artifact
+and the base LLM's weight hash; a mismatch is an `ArtifactMismatchError` that names both hashes.
+
+No Ray here: a GPU script uses this module alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from cora_ray import storage
+from cora_ray.checkpoint import check_compatible, load_trainable, read_checkpoint_manifest
+from cora_ray.config import ExperimentConfig, from_dict
+from cora_ray.data import protocol
+from cora_ray.errors import ArtifactMismatchError, DataError, ModelError
+
+# A provider of collaborative weights for one batch: (user_ids, item_ids, history) tensors → (B, d_model, r).
+GProvider = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 64}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# row normalisation (shared with the CF scorer)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def as_id_array(values: Any, what: str) -> np.ndarray:
+    """(n,) int64 ids from a list, numpy array or tensor; refuses non-integer or negative values."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if (
+            np.issubdtype(arr.dtype, np.floating)
+            and np.all(np.isfinite(arr))
+            and np.all(arr == np.round(arr))
+        ):
+            arr = arr.astype(np.int64)
+        else:
+            raise DataError(f"{what}: expected integer ids, got dtype {arr.dtype}")
+    arr = np.array(arr, dtype=np.int64)  # a writable copy: torch warns on read-only (arrow) buffers
+    if arr.size and arr.min() < 0:
+        raise DataError(f"{what}: ids must be >= 0 (0 = padding), got {int(arr.min())}")
+    return arr
+
+
+def as_histories(histories: Any, n: int) -> list[list[int]]:
+    """n histories as lists of ints (oldest first). None → all empty; padding zeros are dropped."""
+    if histories is None:
+        return [[] for _ in range(n)]
+    if isinstance(histories, torch.Tensor):
+        histories = histories.detach().cpu().numpy()
+    if isinstance(histories, np.ndarray) and histories.ndim == 2:
+        rows = [[int(x) for x in row if x != 0] for row in histories]
+    else:
+        rows = []
+        for h in histories:
+            if h is None:
+                rows.append([])
+            else:
+                rows.append([int(x) for x in np.asarray(h).reshape(-1) if x != 0])
+    if len(rows) != n:
+        raise DataError(f"histories: {len(rows)} given for {n} rows")
+    return rows
+
+
+def pad_histories(histories: Sequence[Sequence[int]], length: int = protocol.HISTORY_LEN) -> torch.Tensor:
+    """(B, length) int64: each history's last `length` items, oldest first, left-padded with 0."""
+    out = torch.zeros((len(histories), length), dtype=torch.long)
+    for b, h in enumerate(histories):
+        h = list(h)[-length:] if length else []
+        if h:
+            out[b, length - len(h) :] = torch.as_tensor(h, dtype=torch.long)
+    return out
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _load_titles(data_uri: str, endpoint: str | None) -> tuple[list[str], dict]:
+    manifest = protocol.read_manifest(data_uri, endpoint)
+    return protocol.titles_by_id(protocol.read_items(data_uri, endpoint)), manifest
+
+
+def _weight_hash(llm: Any) -> str | None:
+    return getattr(llm, "weight_hash", None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the scorer
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Scorer:
+    """A RecModel + its prompt encoder, scoring rows in length-bucketed batches.
+
+    Attributes: `method` ("cora", "tallrec", "collm", "zero_shot"), `config` (ExperimentConfig),
+    `manifest` (the checkpoint's, or {} for a base LLM), `uri` (checkpoint URI or None), `device`,
+    `batch_size`, `g_shape` ((d_model, r) for CoRA, else None)."""
+
+    def __init__(
+        self,
+        model: Any,
+        encoder: Any,
+        titles: Sequence[str],
+        *,
+        config: ExperimentConfig,
+        device: str | torch.device = "cpu",
+        batch_size: int | None = None,
+        uri: str | None = None,
+        manifest: dict | None = None,
+        cf: Any = None,
+        llm: Any = None,
+        dataset_hash: str | None = None,
+        data_uri: str | None = None,
+    ) -> None:
+        self.model = model
+        self.encoder = encoder
+        self.titles = list(titles)
+        self.config = config
+        self.method = config.model.method
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 16))
+        if self.batch_size <= 0:
+            raise ModelError(f"batch_size must be > 0, got {self.batch_size}")
+        self.uri = uri
+        self.manifest = dict(manifest or {})
+        self.cf = cf
+        self.llm = llm
+        self.dataset_hash = dataset_hash
+        self.data_uri = data_uri
+        self.max_history = int(config.prompt.max_history)
+        self.model.eval()
+        self.load_seconds: float | None = None
+
+    # -- construction ----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        uri: str,
+        data_uri: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        *,
+        cf_uri: str | None = None,
+        batch_size: int | None = None,
+        endpoint: str | None = None,
+    ) -> Scorer:
+        """Load a checkpoint written by training (cora_ray.checkpoint) with everything it depends on.
+
+        `data_uri` defaults to the dataset the checkpoint was trained on (its config's `data.uri`); the
+        CF artifact to the one its manifest names. Checked, cheapest first: the dataset manifest hash, the
+        CF artifact hash, the base LLM's weight hash and answer-token ids. A mismatch is refused naming both
+        hashes; nothing is silently reinterpreted."""
+        t0 = time.perf_counter()
+        manifest = read_checkpoint_manifest(uri, endpoint)
+        cfg = from_dict(ExperimentConfig, manifest["config"], source=f"{uri}/manifest.json config")
+        endpoint = endpoint or cfg.data.s3_endpoint
+        data_uri = data_uri or cfg.data.uri
+        titles, data_manifest = _load_titles(data_uri, endpoint)
+        check_compatible(manifest, uri=uri, dataset_hash=data_manifest.get("hash"))
+
+        cf = None
+        cf_record = manifest.get("cf_artifact")
+        if cf_record:
+            cf = _load_cf_for_checkpoint(uri, cf_record, cf_uri, manifest.get("dataset_hash"), endpoint)
+            check_compatible(manifest, uri=uri, cf_hash=cf_artifact_hash(cf))
+
+        from cora_ray.llm.loading import load_llm
+
+        dev = resolve_device(device)
+        llm = load_llm(cfg.llm, dev, dtype)
+        check_compatible(manifest, uri=uri, llm_weight_hash=_weight_hash(llm))
+        _check_answer_tokens(manifest, llm, uri)
+
+        model = _build(cfg, llm, cf, dev)
+        state = load_trainable(uri, manifest, endpoint)
+        model.load_trainable_state_dict(state)
+        model.to(dev)
+        scorer = cls(
+            model,
+            _encoder(llm, cfg, titles, model),
+            titles,
+            config=cfg,
+            device=dev,
+            batch_size=batch_size,
+            uri=uri,
+            manifest=manifest,
+            cf=cf,
+            llm=llm,
+            dataset_hash=data_manifest.get("hash"),
+            data_uri=data_uri,
+        )
+        scorer.load_seconds = time.perf_counter() - t0
+        return scorer
+
+    @classmethod
+    def from_base_llm(
+        cls,
+        cfg: ExperimentConfig,
+        data_uri: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        *,
+        batch_size: int | None = None,
+        endpoint: str | None = None,
+    ) -> Scorer:
+        """The zero-shot model (SPEC §8 "ICL"): the frozen base LLM of `cfg.llm` with `cfg.prompt`, nothing
+        trained. `cfg.model.method` is taken as "zero_shot" whatever it says."""
+        t0 = time.perf_counter()
+        cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, method="zero_shot", cf_artifact=None)
+        )
+        endpoint = endpoint or cfg.data.s3_endpoint
+        data_uri = data_uri or cfg.data.uri
+        titles, data_manifest = _load_titles(data_uri, endpoint)
+
+        from cora_ray.llm.loading import load_llm
+
+        dev = resolve_device(device)
+        llm = load_llm(cfg.llm, dev, dtype)
+        model = _build(cfg, llm, None, dev)
+        manifest = {
+            "method": "zero_shot",
+            "config": dataclasses.asdict(cfg),
+            "base_llm": {"identity": getattr(llm, "identity", None), "weight_hash": _weight_hash(llm)},
+            "answer_token_id": getattr(llm, "answer_token_id", None),
+            "negative_token_id": getattr(llm, "negative_token_id", None),
+            "cf_artifact": None,
+            "dataset_hash": data_manifest.get("hash"),
+        }
+        scorer = cls(
+            model,
+            _encoder(llm, cfg, titles, model),
+            titles,
+            config=cfg,
+            device=dev,
+            batch_size=batch_size,
+            uri=None,
+            manifest=manifest,
+            llm=llm,
+            dataset_hash=data_manifest.get("hash"),
+            data_uri=data_uri,
+        )
+        scorer.load_seconds = time.perf_counter() - t0
+        return scorer
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        llm: Any,
+        cfg: ExperimentConfig,
+        titles: Sequence[str],
+        *,
+        device: str | torch.device = "cpu",
+        batch_size: int | None = None,
+        cf: Any = None,
+        manifest: dict | None = None,
+    ) -> Scorer:
+        """Wrap a model already in memory (training's validation, tests) with the same scoring path."""
+        return cls(
+            model,
+            _encoder(llm, cfg, titles, model),
+            titles,
+            config=cfg,
+            device=device,
+            batch_size=batch_size,
+            manifest=manifest,
+            cf=cf,
+            llm=llm,
+        )
+
+    # -- properties ------------------------------------------------------------------------------------
+
+    @property
+    def uses_collab_weights(self) -> bool:
+        """True when the model takes per-row collaborative weights G (CoRA)."""
+        return hasattr(self.model, "compute_G")
+
+    @property
+    def g_shape(self) -> tuple[int, int] | None:
+        """(d_model, r) of one row's G, or None when the method has none."""
+        if not self.uses_collab_weights:
+            return None
+        hidden = getattr(self.llm, "hidden_size", None) or self.model.d_model
+        return (int(hidden), int(self.config.model.rank))
+
+    def knows_user(self, user_ids: Any) -> np.ndarray:
+        """(B,) bool: the CF backbone has train interactions for the user (all True without a CF model)."""
+        users = as_id_array(user_ids, "user_ids")
+        if self.cf is None or not hasattr(self.cf, "knows_user"):
+            return np.ones(len(users), dtype=bool)
+        with torch.inference_mode():
+            out = self.cf.knows_user(torch.as_tensor(users, dtype=torch.long, device=self._cf_device()))
+        return np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out, dtype=bool).reshape(
+            -1
+        )
+
+    def _cf_device(self) -> torch.device:
+        try:
+            return next(self.cf.parameters()).device
+        except (StopIteration, AttributeError):
+            return torch.device("cpu")
+
+    def describe(self) -> dict:
+        """What scored: method, checkpoint, base LLM, CF artifact, dataset — for metrics.json and /v1/model."""
+        m = self.manifest
+        return {
+            "method": self.method,
+            "checkpoint": self.uri,
+            "step": m.get("step"),
+            "base_llm": m.get("base_llm"),
+            "answer_token_id": m.get("answer_token_id"),
+            "negative_token_id": m.get("negative_token_id"),
+            "cf_artifact": m.get("cf_artifact"),
+            "dataset_hash": self.dataset_hash or m.get("dataset_hash"),
+            "prompt": {"chat_template": self.config.prompt.chat_template, "max_history": self.max_history},
+            "device": str(self.device),
+            "batch_size": self.batch_size,
+        }
+
+    # -- encoded path ----------------------------------------------------------------------------------
+
+    def encode(self, user_ids: Any, item_ids: Any, histories: Any) -> dict[str, torch.Tensor]:
+        """Rows → one model batch: the prompt encoder's tensors (left-padded input_ids, attention_mask;
+        user_pos / item_pos for CoLLM) plus `user_id` (B,), `item_id` (B,) and `history` (B, 25) left-padded,
+        oldest first. Histories: the user's earlier positive item ids, oldest first."""
+        users = as_id_array(user_ids, "user_ids")
+        items = as_id_array(item_ids, "item_ids")
+        if len(users) != len(items):
+            raise DataError(f"user_ids ({len(users)}) and item_ids ({len(items)}) differ in length")
+        hists = as_histories(histories, len(items))
+        self._check_items(items, hists)
+        return self._encode(users, items, hists)
+
+    def _encode(
+        self, users: np.ndarray, items: np.ndarray, hists: Sequence[Sequence[int]]
+    ) -> dict[str, torch.Tensor]:
+        batch = self.encoder.encode(
+            [np.asarray(h, dtype=np.int64) for h in hists], items, return_tensors="pt"
+        )
+        batch["user_id"] = torch.as_tensor(users, dtype=torch.long)
+        batch["item_id"] = torch.as_tensor(items, dtype=torch.long)
+        batch["history"] = pad_histories(hists)
+        return batch
+
+    def score_encoded(self, batch: dict[str, torch.Tensor], G: torch.Tensor | None = None) -> np.ndarray:
+        """One forward pass over an encoded batch → (B,) float32 logits. `G` (B, d_model, r) overrides the
+        generator (CoRA only)."""
+        batch = {
+            k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()
+        }
+        with torch.inference_mode():
+            if G is not None:
+                if not self.uses_collab_weights:
+                    raise ModelError(
+                        f"method {self.method!r} has no collaborative weights: G cannot be supplied"
+                    )
+                logits = self.model(batch, G=G.to(self.device, dtype=self._g_dtype()))
+            else:
+                logits = self.model(batch)
+        return logits.detach().float().cpu().numpy().reshape(-1)
+
+    def _g_dtype(self) -> torch.dtype:
+        dtype = getattr(self.llm, "dtype", None)
+        return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+    def compute_G(self, user_ids: Any, item_ids: Any, histories: Any) -> torch.Tensor:
+        """(B, d_model, r) collaborative weights of rows, on the model's device (for caching in serving)."""
+        if not self.uses_collab_weights:
+            raise ModelError(f"method {self.method!r} has no collaborative weights (G)")
+        users = as_id_array(user_ids, "user_ids")
+        items = as_id_array(item_ids, "item_ids")
+        hist = pad_histories(as_histories(histories, len(items)))
+        with torch.inference_mode():
+            return self.model.compute_G(
+                torch.as_tensor(users, dtype=torch.long, device=self.device),
+                torch.as_tensor(items, dtype=torch.long, device=self.device),
+                hist.to(self.device),
+            )
+
+    # -- raw rows path ---------------------------------------------------------------------------------
+
+    def bucket_order(self, item_ids: np.ndarray, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """A row order by prompt length (the encoder's per-title token counts of the target and of the last
+        `max_history` history items), so that each batch pads little. Stable."""
+        costs = getattr(self.encoder, "title_costs", None)
+        if costs is None:  # an encoder without token counts: title characters
+            costs = np.array([len(t) + 4 for t in self.titles], dtype=np.int64)
+        costs = np.asarray(costs, dtype=np.int64)
+        k = self.max_history
+        lengths = costs[item_ids] + np.fromiter(
+            (int(costs[np.asarray(h[-k:] if k else [], dtype=np.int64)].sum()) for h in histories),
+            dtype=np.int64,
+            count=len(item_ids),
+        )
+        return np.argsort(lengths, kind="stable")
+
+    def score(
+        self,
+        user_ids: Any,
+        item_ids: Any,
+        histories: Any = None,
+        *,
+        G: torch.Tensor | None = None,
+        g_provider: GProvider | None = None,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Score rows → (n,) float32 logits in the given order.
+
+        `G` (n, d_model, r): collaborative weights per row, aligned with the rows (serving's cache and cold
+        start). `g_provider(user_ids, item_ids, history)`: called per batch to produce G instead. Neither:
+        the model generates G itself. `progress(k)` is called after each batch with its row count."""
+        users = as_id_array(user_ids, "user_ids")
+        items = as_id_array(item_ids, "item_ids")
+        n = len(items)
+        if len(users) != n:
+            raise DataError(f"user_ids ({len(users)}) and item_ids ({n}) differ in length")
+        hists = as_histories(histories, n)
+        if G is not None and g_provider is not None:
+            raise ModelError("give G or g_provider, not both")
+        if G is not None and int(G.shape[0]) != n:
+            raise DataError(f"G has {int(G.shape[0])} rows for {n} rows")
+        if (G is not None or g_provider is not None) and not self.uses_collab_weights:
+            raise ModelError(f"method {self.method!r} has no collaborative weights: G cannot be supplied")
+        out = np.empty(n, dtype=np.float32)
+        if n == 0:
+            return out
+        self._check_items(items, hists)
+        bs = int(batch_size or self.batch_size)
+        order = self.bucket_order(items, hists)
+        for start in range(0, n, bs):
+            idx = order[start : start + bs]
+            u, i, h = users[idx], items[idx], [hists[j] for j in idx]
+            batch = self._encode(u, i, h)
+            g = None
+            if G is not None:
+                g = G[torch.as_tensor(idx, dtype=torch.long, device=G.device)]
+            elif g_provider is not None:
+                g = g_provider(
+                    torch.as_tensor(u, dtype=torch.long),
+                    torch.as_tensor(i, dtype=torch.long),
+                    pad_histories(h),
+                )
+            out[idx] = self.score_encoded(batch, G=g)
+            if progress is not None:
+                progress(len(idx))
+        return out
+
+    def score_rows(self, rows: dict[str, Any], **kwargs: Any) -> np.ndarray:
+        """Score a batch in the protocol's columns (a dict of arrays with user_id, item_id and optionally
+        history) — what Ray Data's map_batches hands over with batch_format="numpy"."""
+        return self.score(rows["user_id"], rows["item_id"], rows.get("history"), **kwargs)
+
+    def _check_items(self, items: np.ndarray, hists: Sequence[Sequence[int]]) -> None:
+        nt = len(self.titles)
+        bad = [int(i) for i in items if i <= 0 or i >= nt or not self.titles[i]]
+        if bad:
+            raise DataError(f"item id(s) without a title in the dataset: {sorted(set(bad))[:10]}")
+        bad_h = {int(x) for h in hists for x in h if x >= nt or not self.titles[x]}
+        if bad_h:
+            raise DataError(f"history item id(s) without a title in the dataset: {sorted(bad_h)[:10]}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers that touch the other packages (imported lazily: cora_ray.llm / model / cf pull in transformers)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _encoder(llm: Any, cfg: ExperimentConfig, titles: Sequence[str], model: Any) -> Any:
+    from cora_ray.data.prompts import PromptEncoder
+
+    placeholders = bool(getattr(model, "needs_placeholders", False))
+    return PromptEncoder(llm.tokenizer, cfg.prompt, list(titles), collab_placeholders=placeholders)
+
+
+def _build(cfg: ExperimentConfig, llm: Any, cf: Any, device: torch.device) -> Any:
+    from cora_ray.model.build import build_model
+
+    model = build_model(cfg.model, llm, cf)
+    model.to(device)
+    model.eval()
+    return model
+
+
+def cf_artifact_hash(cf: Any) -> str | None:
+    """The content hash a loaded CF artifact carries (what checkpoints record as cf_artifact.hash)."""
+    for name in ("artifact_hash", "hash"):
+        v = getattr(cf, name, None)
+        if isinstance(v, str):
+            return v
+    manifest = getattr(cf, "manifest", None)
+    if isinstance(manifest, dict):
+        return manifest.get("hash") or manifest.get("artifact_hash")
+    return None
+
+
+def _load_cf_for_checkpoint(
+    uri: str, record: dict, cf_uri: str | None, dataset_hash: str | None, endpoint: str | None
+) -> Any:
+    """The CF artifact a checkpoint names: `cf_uri` if given, else the recorded URI, else a copy bundled
+    inside the checkpoint directory (`<uri>/cf`)."""
+    from cora_ray.cf import load_cf_artifact
+
+    candidates = [c for c in (cf_uri, record.get("uri"), storage.join(uri, "cf")) if c]
+    for c in candidates:
+        if storage.exists(storage.join(c, storage.MANIFEST), endpoint):
+            return load_cf_artifact(c, expected_dataset_hash=dataset_hash)
+    raise ArtifactMismatchError(
+        f"checkpoint {uri} needs the CF artifact {record.get('uri')!r} (hash {record.get('hash')}), "
+        f"which has no manifest at {', '.join(candidates)}; pass the artifact's URI (--cf-uri)"
+    )
+
+
+def _check_answer_tokens(manifest: dict, llm: Any, uri: str) -> None:
+    for key in ("answer_token_id", "negative_token_id"):
+        expected, actual = manifest.get(key), getattr(llm, key, None)
+        if expected is not None and actual is not None and int(expected) != int(actual):
+            raise ArtifactMismatchError(
+                f"checkpoint {uri} was trained with {key} {expected}, but the base LLM's tokenizer gives {actual}; "
+                "use the tokenizer and answer token the checkpoint was made with"
+            )
