@@ -32,7 +32,6 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cora_ray.checkpoint import read_checkpoint_manifest
 from cora_ray.config import from_dict
 from cora_ray.errors import ConfigError, CoraError
 from cora_ray.infer.service import (
@@ -87,6 +86,8 @@ def resolve_data_uri(checkpoint_uri: str, data_uri: str | None, endpoint: str | 
     """The data URI given, else the one the checkpoint was trained on (its config's data.uri)."""
     if data_uri:
         return data_uri
+    from cora_ray.checkpoint import read_checkpoint_manifest  # imports torch: only when needed
+
     manifest = read_checkpoint_manifest(checkpoint_uri, endpoint)
     uri = ((manifest.get("config") or {}).get("data") or {}).get("uri")
     if not uri:
@@ -218,7 +219,11 @@ class CoRAScorer:
 
     def describe(self) -> dict:
         ctx = serve.get_replica_context()
-        return {**self.engine.describe(), "replica": ctx.replica_id.unique_id if ctx else None}
+        return {
+            **self.engine.describe(),
+            "replica": ctx.replica_id.unique_id if ctx else None,
+            "replica_actor": ray.get_runtime_context().get_actor_name(),
+        }
 
     def check_health(self) -> None:
         if self.engine is None:
@@ -238,8 +243,16 @@ api = FastAPI(
 api.state.max_body_bytes = RequestLimits().max_body_bytes
 
 
+class _BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than the limit of {limit} bytes")
+
+
 class BodyLimit:
-    """ASGI middleware: refuse request bodies above `api.state.max_body_bytes` with 413, before parsing."""
+    """ASGI middleware: refuse request bodies above `api.state.max_body_bytes` with 413, before parsing.
+
+    A declared Content-Length is checked up front; a chunked body is counted as it streams in and the
+    read stops at the limit (FastAPI passes the HTTPException raised from `receive` through)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -249,13 +262,10 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = api.state.max_body_bytes
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        too_big = JSONResponse(
-            {"detail": f"request body larger than the limit of {limit} bytes"}, status_code=413
-        )
+        declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await too_big(scope, receive, send)
+            too_big = _BodyTooLarge(limit)
+            await JSONResponse({"detail": too_big.detail}, status_code=413)(scope, receive, send)
             return
         received = 0
 
@@ -265,17 +275,10 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(limit)
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await too_big(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, limited_receive, send)
 
 
 api.add_middleware(BodyLimit)

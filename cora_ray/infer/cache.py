@@ -23,8 +23,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is not imported at run time: the HTTP ingress imports this package without it
+    import torch
 
 
 @dataclass

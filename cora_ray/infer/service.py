@@ -25,16 +25,18 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from cora_ray.config import _check, from_dict
 from cora_ray.data import protocol
 from cora_ray.errors import CoraError
 from cora_ray.infer.cache import GCache
+
+if TYPE_CHECKING:  # torch is imported where G is handled: the HTTP ingress runs without it
+    import torch
 
 # ---------------------------------------------------------------------------------------------------------
 # options (the scorer deployment's user_config) and request limits
@@ -498,6 +500,8 @@ class ScoringEngine:
         self, jobs: Sequence[ScoreJob], zero: Sequence[bool], adapter: ScorerAdapter, options: ScorerOptions
     ) -> torch.Tensor:
         """(rows, d_model, r): cached or generated G, zeros for the rows of jobs marked `zero`."""
+        import torch
+
         per_row: list[torch.Tensor | None] = []
         miss_rows: list[int] = []
         miss_u: list[int] = []

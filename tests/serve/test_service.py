@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -22,10 +19,7 @@ from cora_ray.infer.service import (
     stored_histories,
     top_k,
 )
-
-_spec = importlib.util.spec_from_file_location("serve_fakes", Path(__file__).with_name("fakes.py"))
-fakes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fakes)
+from tests.serve import fakes
 
 
 @pytest.fixture(scope="module")
