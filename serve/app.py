@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -307,6 +308,7 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     )
 
 
+# a replica that died or is unreachable: the retry goes to another one (or the replacement)
 _RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
@@ -330,6 +332,8 @@ class CoRAIngress:
                 result: ScoreResult = await self.scorer.score.remote(job)
                 finite_or_error(result.scores)
                 return result
+            except BackPressureError as exc:  # every replica's queue is full (max_queued_requests)
+                raise RequestError("the scorers are at capacity; retry shortly", 503) from exc
             except _RETRYABLE as exc:
                 if attempt == 2:
                     raise RequestError(

@@ -12,6 +12,9 @@ ends cross-user batching. This router is Ray Serve's public extension point for 
 - rank 2: all other replicas. Serve takes rank 1 unless that replica's queue is full
   (`max_ongoing_requests`), then the least-loaded of rank 2 — so a hot user never stalls on a full replica;
   affinity is a preference, load is a bound.
+- bounded imbalance: when the preferred replica's known queue is more than `imbalanced_threshold`
+  requests longer than the shortest one (Serve's cached queue lengths, no extra probe), the request goes to
+  the other replicas first. `request_router_kwargs: {imbalanced_threshold: N}` sets it (default 8).
 
 Requests without a user (model info) go to any replica, as with the default router.
 """
@@ -47,6 +50,11 @@ def rendezvous_rank(user_key: str, replica_ids: list[str]) -> list[str]:
 class UserAffinityRouter(FIFOMixin, RequestRouter):
     """Route a user's scorer calls to one replica (rendezvous hashing), falling back by load."""
 
+    imbalanced_threshold: int = 8
+
+    def initialize_state(self, imbalanced_threshold: int = 8, **kwargs) -> None:
+        self.imbalanced_threshold = int(imbalanced_threshold)
+
     async def choose_replicas(
         self,
         candidate_replicas: list[RunningReplica],
@@ -62,5 +70,13 @@ class UserAffinityRouter(FIFOMixin, RequestRouter):
             return [candidate_replicas]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         order = rendezvous_rank(key, list(by_id))
-        preferred = by_id[order[0]]
-        return [[preferred], [by_id[r] for r in order[1:]]]
+        preferred, others = by_id[order[0]], [by_id[r] for r in order[1:]]
+        if self._overloaded(preferred, candidate_replicas):
+            return [others, [preferred]]
+        return [[preferred], others]
+
+    def _overloaded(self, preferred: RunningReplica, replicas: list[RunningReplica]) -> bool:
+        cache = self.replica_queue_len_cache
+        known = [q for q in (cache.get(r.replica_id) for r in replicas) if q is not None]
+        mine = cache.get(preferred.replica_id)
+        return mine is not None and bool(known) and mine - min(known) > self.imbalanced_threshold

@@ -298,6 +298,30 @@ def test_server_keeps_serving_after_the_corpus(app):
     assert status == 200 and len(body["scores"]) == 1
 
 
+def test_cache_counters_are_on_the_prometheus_endpoint(app):
+    import urllib.request
+
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    deadline = time.time() + 45  # Ray exports metrics every few seconds
+    found: dict[str, float] = {}
+    while time.time() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        found = {
+            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("ray_cora_g_cache_")
+        }
+        if {"ray_cora_g_cache_hits_total", "ray_cora_g_cache_misses_total", "ray_cora_g_cache_bytes"} <= set(
+            found
+        ):
+            break
+        time.sleep(2)
+    assert found.get("ray_cora_g_cache_hits_total", 0) > 0, found
+    assert found.get("ray_cora_g_cache_misses_total", 0) > 0 and "ray_cora_g_cache_bytes" in found
+
+
 # -- reload ---------------------------------------------------------------------------------------------------
 
 

@@ -87,6 +87,10 @@ def test_sixteen_clients_for_twenty_seconds_without_errors(app):
     )
     assert stats["requests"] > 100
     assert stats["errors"] == []
+    # ~45 users x 60 items of 1 KiB G each would need ~2.6 MiB: the 1 MiB budget holds, by evicting
+    cache = harness.request(app.base, "GET", "/v1/model")[1]["cache"]
+    assert 0 < cache["bytes"] <= cache["max_bytes"] == 1 << 20
+    assert cache["evictions"] > 0 and cache["users"] > 1
 
 
 def test_a_killed_scorer_replica_is_replaced_and_requests_succeed_again(app):

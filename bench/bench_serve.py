@@ -1,0 +1,460 @@
+"""Serving benchmarks (issue 7): throughput and latency vs concurrency, dynamic batching on vs off, the G
+cache on vs off under a repeat pattern, and what the cache can save at a realistic model size.
+
+    python bench/bench_serve.py                  # ~6 minutes on a 2-core CPU; results in bench/results/
+    python bench/bench_serve.py --seconds 5      # shorter measurement windows
+
+Everything runs on this machine: a local Ray cluster, the Serve application deployed from a config
+(like `serve run serve.local.config`) on 127.0.0.1, and closed-loop HTTP clients (aiohttp, in this
+process) that send the next request as soon as the previous answer arrives. The model is the tiny test
+setup (tests/serve/artifacts.py: synthetic dataset, MF, a random 2-layer LLaMA, random CoRA weights), so
+these numbers measure the serving stack — HTTP, validation, routing, batching, the cache — more than the
+LLM. The cache's payoff depends on the ratio of generator cost to LLM cost, so it is also measured
+in-process on a model with SmolLM2-135M's shape (30 layers, d_model 576) and the paper's generator.
+
+Results (bench/common.py format): serve_throughput_c{1,8,32}, serve_batching, serve_cache,
+serve_cache_components (+ .md each) and serve.md (overview).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench.common import RESULTS, median, summary_table, write_result  # noqa: E402
+from tests.serve import harness  # noqa: E402
+from tests.serve.artifacts import build_tiny_setup  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------------------
+# load generation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+async def _load(base: str, clients: int, seconds: float, warmup: float, make_request) -> dict[str, Any]:
+    import aiohttp
+
+    latencies: list[float] = []
+    rows = 0
+    errors: dict[int, int] = {}
+    t_start = time.perf_counter() + warmup
+    t_end = t_start + seconds
+
+    async def client(k: int, session: aiohttp.ClientSession) -> None:
+        nonlocal rows
+        rng = random.Random(1000 + k)
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            path, body, n_rows = make_request(rng)
+            async with session.post(base + path, json=body) as resp:
+                await resp.read()
+                status = resp.status
+            t1 = time.perf_counter()
+            if t0 >= t_start:
+                if status == 200:
+                    latencies.append(t1 - t0)
+                    rows += n_rows
+                else:
+                    errors[status] = errors.get(status, 0) + 1
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=clients), timeout=timeout
+    ) as session:
+        await asyncio.gather(*(client(k, session) for k in range(clients)))
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "requests": len(latencies),
+        "throughput_rps": len(latencies) / seconds,
+        "rows_per_s": rows / seconds,
+        "p50_ms": 1000 * percentile(latencies, 0.5),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "errors": errors,
+    }
+
+
+def run_load(base: str, clients: int, seconds: float, make_request, warmup: float = 2.0) -> dict[str, Any]:
+    stats = asyncio.run(_load(base, clients, seconds, warmup, make_request))
+    stats["load_average_1m"] = os.getloadavg()[0]
+    return stats
+
+
+async def _handle_load(jobs: list[Any], clients: int, seconds: float, warmup: float) -> dict[str, Any]:
+    """Closed-loop calls straight to the scorer deployment (no HTTP, no ingress): what @serve.batch changes."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("CoRAScorer", app_name=harness.APP)
+    latencies: list[float] = []
+    t_start = time.perf_counter() + warmup
+    t_end = t_start + seconds
+
+    async def client(k: int) -> None:
+        rng = random.Random(2000 + k)
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            await handle.score.remote(rng.choice(jobs))
+            if t0 >= t_start:
+                latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "requests": len(latencies),
+        "throughput_rps": len(latencies) / seconds,
+        "rows_per_s": len(latencies) / seconds,
+        "p50_ms": 1000 * percentile(latencies, 0.5),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "errors": {},
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def run_handle_load(jobs: list[Any], clients: int, seconds: float, warmup: float = 2.0) -> dict[str, Any]:
+    return asyncio.run(_handle_load(jobs, clients, seconds, warmup))
+
+
+def score_one(users: list[str], items: list[str]):
+    """One (user, item) row per request: the case dynamic batching is for."""
+
+    def make(rng: random.Random):
+        return "/v1/score", {"user_id": rng.choice(users), "item_ids": [rng.choice(items)]}, 1
+
+    return make
+
+
+def repeat_pattern(users: list[str], items: list[str], pool: int = 8, per_user: int = 12, ask: int = 8):
+    """Users come back for overlapping candidates: each of `pool` users has a fixed set of `per_user`
+    candidates and asks for a random `ask` of them, with the stored history (so the prompt repeats too)."""
+    rng0 = random.Random(7)
+    chosen = rng0.sample(users, pool)
+    sets = {u: rng0.sample(items, per_user) for u in chosen}
+
+    def make(rng: random.Random):
+        u = rng.choice(chosen)
+        return "/v1/score", {"user_id": u, "item_ids": rng.sample(sets[u], ask)}, ask
+
+    return make
+
+
+def alternate(fns: dict[str, Any], rounds: int) -> dict[str, list[dict[str, Any]]]:
+    """Run each configuration `rounds` times, round-robin (A B A B), so drift hits all alike."""
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name].append(fn())
+    return out
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "throughput_rps": sum(r["throughput_rps"] for r in runs) / len(runs),
+        "rows_per_s": sum(r["rows_per_s"] for r in runs) / len(runs),
+        "p50_ms": median([r["p50_ms"] for r in runs]),
+        "p99_ms": median([r["p99_ms"] for r in runs]),
+        "errors": sum(sum(r["errors"].values()) for r in runs),
+        "runs": runs,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# component timing: what the cache can save at a realistic size
+# ---------------------------------------------------------------------------------------------------------
+
+PAPER_GENERATOR = {"num_queries": 4, "num_layers": 8, "hidden_size": 512, "num_heads": 8, "ffn_size": 3072}
+SMOLLM2_SHAPE = {
+    "hidden_size": 576,
+    "num_layers": 30,
+    "num_heads": 9,
+    "num_kv_heads": 3,
+    "intermediate_size": 1536,
+}
+
+
+def cache_components(setup_root: Path, rows: int, reps: int) -> dict[str, Any]:
+    """In-process: seconds per row for generating G, and for the forward pass with G supplied."""
+    import numpy as np
+    import torch
+
+    from bench.common import interleaved_times
+    from cora_ray.infer.scorer import Scorer
+    from cora_ray.infer.service import Catalog
+
+    setup = build_tiny_setup(setup_root, llm=SMOLLM2_SHAPE, generator=PAPER_GENERATOR, cf_dim=256, rank=16)
+    scorer = Scorer.from_checkpoint(setup.checkpoint_uri, setup.data_uri)
+    catalog = Catalog.from_dataset(setup.data_uri)
+    users = sorted(catalog.histories)[:rows]
+    users = (users * rows)[:rows]
+    items = [1 + (k % 50) for k in range(rows)]
+    hists = [catalog.histories[u][-10:] for u in users]
+    G = scorer.compute_G(users, items, hists)
+    times = interleaved_times(
+        {
+            "generate_G": lambda: scorer.compute_G(users, items, hists),
+            "forward_with_G": lambda: scorer.score(users, items, hists, G=G, batch_size=rows),
+        },
+        reps=reps,
+    )
+    t_g, t_f = median(times["generate_G"]), median(times["forward_with_G"])
+    return {
+        "rows": rows,
+        "g_shape": list(G.shape[1:]),
+        "g_bytes_per_row": int(G[0].numel() * G[0].element_size()),
+        "generate_G_s_per_row": t_g / rows,
+        "forward_with_G_s_per_row": t_f / rows,
+        "max_saving_fraction": t_g / (t_g + t_f),
+        "threads": torch.get_num_threads(),
+        "samples": {k: [float(x) for x in v] for k, v in times.items()},
+        "prompt_tokens_mean": float(
+            np.mean([len(x) for x in scorer.encode(users, items, hists)["input_ids"].tolist()])
+        ),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per point")
+    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds for the on/off comparisons")
+    parser.add_argument("--skip-components", action="store_true", help="skip the SmolLM2-shaped timing")
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    t0 = time.time()
+    setup = build_tiny_setup(work / "tiny", users=200, items=300)
+    print(f"artifacts in {time.time() - t0:.0f} s", flush=True)
+
+    from cora_ray.infer.service import Catalog, RequestLimits
+
+    catalog = Catalog.from_dataset(setup.data_uri)
+    limits = RequestLimits()
+    users = sorted(catalog.user_ids)
+    items = [r for r, i in catalog.item_ids.items() if catalog.title(i)]
+
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+        },
+    )
+    port = harness.free_port()
+    base = f"http://127.0.0.1:{port}"
+    batch_on = {
+        "max_batch_size": 32,
+        "batch_wait_timeout_s": 0.005,
+        "max_rows_per_forward": 64,
+        "cache_bytes": 0,
+    }
+    config = harness.app_config(port, setup.checkpoint_uri, setup.data_uri, scorer=batch_on)
+    harness.start_serve(port)
+    records = []
+    try:
+        harness.deploy(config)
+        harness.wait_http(base)
+        run_load(base, 4, 3, score_one(users, items), warmup=1)  # warm every process
+
+        def use(**changes):
+            harness.deploy(harness.with_user_config(config, **changes))
+
+        common = {
+            "model": "tiny test setup: random 2-layer LLaMA d_model 64, CoRA r 4, MF dim 16",
+            "replicas": "1 scorer (num_cpus 0.5) + 1 ingress, 127.0.0.1",
+            "clients": "closed-loop aiohttp in the benchmark process",
+            "seconds_per_point": args.seconds,
+        }
+
+        # 1. throughput and latency vs concurrency (batching on, cache off: the shipped defaults)
+        sweep = {}
+        for clients in (1, 8, 32):
+            sweep[clients] = run_load(base, clients, args.seconds, score_one(users, items))
+            print(f"clients {clients}: {json.dumps(sweep[clients])}", flush=True)
+        for clients, r in sweep.items():
+            records.append(
+                write_result(
+                    f"serve_throughput_c{clients}",
+                    value=r["throughput_rps"],
+                    baseline=sweep[1]["throughput_rps"],
+                    unit="req/s",
+                    config={**common, "request": "POST /v1/score, 1 item", "scorer": batch_on, **r},
+                    title=f"Serving throughput at {clients} concurrent client(s) (p50 {r['p50_ms']:.0f} ms, "
+                    f"p99 {r['p99_ms']:.0f} ms)",
+                    value_label=f"requests/s at {clients} clients",
+                    baseline_label="requests/s at 1 client",
+                    notes=f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, errors {r['errors'] or 0}.",
+                )
+            )
+
+        # 2. dynamic batching on vs off at 32 clients: end to end over HTTP, and at the scorer deployment
+        def measure(max_batch_size: int, via: str):
+            def fn():
+                use(max_batch_size=max_batch_size, cache_bytes=0)
+                if via == "http":
+                    return run_load(base, 32, args.seconds, score_one(users, items))
+                return run_handle_load(jobs, 32, args.seconds)
+
+            return fn
+
+        jobs = [catalog.resolve(u, [i], None, limits) for u, i in zip(users * 2, items, strict=False)]
+        for via, name, what in (
+            ("http", "serve_batching", "POST /v1/score, 1 item, 32 HTTP clients (proxy, ingress, scorer)"),
+            (
+                "handle",
+                "serve_batching_scorer",
+                "CoRAScorer.score via a DeploymentHandle, 1 row, 32 in flight",
+            ),
+        ):
+            runs = alternate({"on": measure(32, via), "off": measure(1, via)}, args.rounds)
+            on, off = pooled(runs["on"]), pooled(runs["off"])
+            gain = on["throughput_rps"] / off["throughput_rps"]
+            print(
+                f"{name}: on {on['throughput_rps']:.1f} req/s, off {off['throughput_rps']:.1f} req/s",
+                flush=True,
+            )
+            records.append(
+                write_result(
+                    name,
+                    value=1000 / on["throughput_rps"],
+                    baseline=1000 / off["throughput_rps"],
+                    unit="ms/req",
+                    config={
+                        **common,
+                        "request": what,
+                        "on": {"max_batch_size": 32, **{k: v for k, v in on.items() if k != "runs"}},
+                        "off": {"max_batch_size": 1, **{k: v for k, v in off.items() if k != "runs"}},
+                        "runs": runs,
+                    },
+                    title=f"Dynamic batching across users ({via}): time per request at 32 clients, on vs off",
+                    value_label=f"batching on (max_batch_size 32): {on['throughput_rps']:.1f} req/s",
+                    baseline_label=f"batching off (max_batch_size 1): {off['throughput_rps']:.1f} req/s",
+                    goal=0.25,
+                    notes=(
+                        f"Throughput gain {gain:.2f}x (goal >= 4x, i.e. ratio <= 0.25). p50 {on['p50_ms']:.0f} vs "
+                        f"{off['p50_ms']:.0f} ms, p99 {on['p99_ms']:.0f} vs {off['p99_ms']:.0f} ms. Load average "
+                        f"during the runs: {[round(r['load_average_1m'], 1) for r in runs['on'] + runs['off']]}."
+                    ),
+                )
+            )
+
+        # 3. G cache on vs off, users re-requesting overlapping candidates (8 clients)
+        pattern = repeat_pattern(users, items)
+
+        def measure_cache(cache_bytes: int):
+            def fn():
+                use(max_batch_size=32, cache_bytes=cache_bytes)
+                before = harness.request(base, "GET", "/v1/model")[1]["cache"]
+                stats = run_load(base, 8, args.seconds, pattern)
+                after = harness.request(base, "GET", "/v1/model")[1]["cache"]
+                hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
+                stats["cache"] = {**after, "window_hit_rate": hits / max(1, hits + misses)}
+                return stats
+
+            return fn
+
+        runs = alternate({"on": measure_cache(64 << 20), "off": measure_cache(0)}, args.rounds)
+        on, off = pooled(runs["on"]), pooled(runs["off"])
+        hit_rates = [round(r["cache"]["window_hit_rate"], 4) for r in runs["on"]]
+        print(
+            f"cache on {on['rows_per_s']:.1f} rows/s (hit rate {hit_rates}), off {off['rows_per_s']:.1f}",
+            flush=True,
+        )
+        records.append(
+            write_result(
+                "serve_cache",
+                value=1000 / on["rows_per_s"],
+                baseline=1000 / off["rows_per_s"],
+                unit="ms/row",
+                config={
+                    **common,
+                    "request": "POST /v1/score, 8 of a user's 12 fixed candidates, 8 users, 8 clients",
+                    "on": {"cache_bytes": 64 << 20, **{k: v for k, v in on.items() if k != "runs"}},
+                    "off": {"cache_bytes": 0, **{k: v for k, v in off.items() if k != "runs"}},
+                    "hit_rates": hit_rates,
+                    "runs": runs,
+                },
+                title="G cache on vs off under a repeat pattern: time per scored row (tiny model)",
+                value_label=f"cache on: {on['rows_per_s']:.1f} rows/s",
+                baseline_label=f"cache off: {off['rows_per_s']:.1f} rows/s",
+                notes=(
+                    f"Hit rate in each 'on' window (warm-up included): {hit_rates}. p50 {on['p50_ms']:.0f} vs "
+                    f"{off['p50_ms']:.0f} ms. ratio < 1 means the cache helps."
+                ),
+            )
+        )
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    # 4. what the cache can save at SmolLM2-135M scale with the paper's generator (in-process)
+    if not args.skip_components:
+        import torch
+
+        torch.set_num_threads(
+            1
+        )  # like a replica (OMP_NUM_THREADS=1); 2 threads on a shared 2-core box thrash
+        comp = cache_components(work / "smollm2_shape", rows=8, reps=3)
+        print(f"components: {json.dumps({k: v for k, v in comp.items() if k != 'samples'})}", flush=True)
+        records.append(
+            write_result(
+                "serve_cache_components",
+                value=comp["forward_with_G_s_per_row"],
+                baseline=comp["forward_with_G_s_per_row"] + comp["generate_G_s_per_row"],
+                unit="s",
+                config={
+                    "model": "random LLaMA with SmolLM2-135M's shape (30 layers, d_model 576, GQA 9/3, FFN 1536), "
+                    "paper generator (k 4, N 8, d 512, FFN 3072), r 16, MF dim 256, fp32 CPU",
+                    **{k: v for k, v in comp.items() if k != "samples"},
+                },
+                title="Per-row cost with G cached (forward only) vs generated (generator + forward), SmolLM2 shape",
+                value_label="forward with G supplied (cache hit), per row",
+                baseline_label="generate G + forward (cache miss), per row",
+                samples=comp["samples"],
+                notes=(
+                    f"A cache hit saves at most {100 * comp['max_saving_fraction']:.2f}% of a row's time here; "
+                    f"one G takes {comp['g_bytes_per_row'] / 1024:.0f} KiB."
+                ),
+            )
+        )
+
+    (RESULTS / "serve.md").write_text(
+        "# Serving benchmarks (bench/bench_serve.py)\n\n"
+        + summary_table(records)
+        + "\nSee serve_*.md for each.\n"
+    )
+    print(summary_table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
