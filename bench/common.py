@@ -1,0 +1,206 @@
+"""Shared helpers of the benchmarks: interleaved timing, peak memory of one call, and the result files.
+
+Every result is `bench/results/<name>.json` with the fields name, value, baseline, ratio (= value /
+baseline), unit, config, command, machine (plus goal / goal_met / notes where they apply), and a
+markdown summary `bench/results/<name>.md` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured: CPU model, cores, torch threads, library versions."""
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        cpu = found.group(1).strip() if found else cpu
+    import transformers
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_1m": round(load_average(), 2),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall-clock seconds of each function, `reps` times, run round-robin (A B C A B C ...).
+
+    Round-robin keeps slow drifts of a shared machine (other jobs, thermal) out of the ratios."""
+    return interleaved_wall_and_cpu_times(fns, reps, warmup)[0]
+
+
+def interleaved_wall_and_cpu_times(
+    fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(wall, cpu): as `interleaved_times`, plus the process-CPU seconds of each run (all threads).
+
+    CPU time is less sensitive than wall time to other processes taking the cores of a shared machine."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return wall, cpu
+
+
+def load_average() -> float:
+    """1-minute load average (how busy the shared machine was)."""
+    return os.getloadavg()[0]
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def _proc_status_kib(key: str) -> int:
+    found = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    if found is None:
+        raise RuntimeError(f"/proc/self/status has no {key} (peak memory needs Linux)")
+    return int(found.group(1))
+
+
+def peak_memory_bytes(fn: Callable[[], Any]) -> int:
+    """Peak resident memory that `fn()` adds on top of what the process holds before it (Linux, CPU).
+
+    Resets the kernel's high-water mark (/proc/self/clear_refs = 5), runs `fn`, reads VmHWM. Run it in a
+    fresh process started with MALLOC_MMAP_THRESHOLD_ set low, so that freed tensors go back to the
+    kernel instead of staying in malloc's heap (see `memory_child_env`)."""
+    before = _proc_status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    fn()
+    return (_proc_status_kib("VmHWM") - before) * 1024
+
+
+def memory_child_env(threads: int) -> dict[str, str]:
+    """Environment of a peak-memory child process: fixed malloc mmap threshold, fixed thread count."""
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(threads)}
+
+
+def write_result(
+    name: str,
+    *,
+    value: float,
+    baseline: float,
+    unit: str,
+    config: dict[str, Any],
+    title: str,
+    value_label: str,
+    baseline_label: str,
+    goal: float | None = None,
+    notes: str = "",
+    samples: dict[str, list[float]] | None = None,
+) -> dict[str, Any]:
+    """Write `results/<name>.json` and `results/<name>.md`; return the JSON record.
+
+    `goal` is an upper bound on the ratio value / baseline (lower is better for every benchmark here)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    ratio = value / baseline
+    record: dict[str, Any] = {
+        "name": name,
+        "value": value,
+        "baseline": baseline,
+        "ratio": ratio,
+        "unit": unit,
+        "config": config,
+        "command": command_line(),
+        "machine": machine(),
+        "title": title,
+        "value_label": value_label,
+        "baseline_label": baseline_label,
+    }
+    if goal is not None:
+        record["goal"] = f"ratio <= {goal}"
+        record["goal_met"] = ratio <= goal
+    if notes:
+        record["notes"] = notes
+    if samples:
+        record["samples"] = samples
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(record))
+    return record
+
+
+def _fmt(x: float, unit: str) -> str:
+    if unit == "bytes":
+        return f"{x / 2**20:,.1f} MiB"
+    if unit == "s":
+        return f"{x:.3f} s"
+    return f"{x:.4g} {unit}"
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """One result as a small markdown page."""
+    unit = record["unit"]
+    lines = [
+        f"# {record['title']}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| {record['value_label']} | {_fmt(record['value'], unit)} |",
+        f"| {record['baseline_label']} (baseline) | {_fmt(record['baseline'], unit)} |",
+        f"| ratio | **{record['ratio']:.3f}** |",
+    ]
+    if "goal" in record:
+        lines.append(f"| goal | {record['goal']} — {'met' if record['goal_met'] else 'NOT met'} |")
+    m = record["machine"]
+    lines += [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores (1-min load average {m['load_average_1m']} when written), "
+        f"torch threads {m['torch_threads']}, "
+        f"torch {m['torch']}, transformers {m['transformers']}.",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+    ]
+    if record.get("notes"):
+        lines += [record["notes"], ""]
+    lines += ["Config:", "", "```json", json.dumps(record["config"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def summary_table(records: list[dict[str, Any]]) -> str:
+    """A markdown table of several results (for a bench's overview page)."""
+    lines = ["| benchmark | value | baseline | ratio | goal |", "|---|---|---|---|---|"]
+    for r in records:
+        goal = f"{r['goal']} ({'met' if r['goal_met'] else 'NOT met'})" if "goal" in r else ""
+        lines.append(
+            f"| {r['title']} | {_fmt(r['value'], r['unit'])} | {_fmt(r['baseline'], r['unit'])} "
+            f"| **{r['ratio']:.3f}** | {goal} |"
+        )
+    return "\n".join(lines) + "\n"
