@@ -323,6 +323,13 @@ class TrainConfig:
     run_name: str | None = None
     checkpoints_to_keep: int = 2
     max_failures: int = 0
+    # --- added for the Ray Train / Ray Data run (cora_ray/train) ---
+    eval_batch_size: int | None = None  # validation batch size (None: micro_batch_size)
+    log_every: int = 10  # console line every N optimizer steps (the JSONL gets every step)
+    shuffle: Literal["global", "local"] = "global"  # global: Ray Data random_shuffle of the id rows per epoch
+    shuffle_buffer_rows: int = 1024  # per-worker local shuffle buffer of encoded rows (0: none)
+    cpu_threads_per_worker: int | None = None  # torch threads per worker on CPU (None: cores / num_workers)
+    save_optimizer_state: bool = True  # AdamW moments per rank in each checkpoint (exact resume)
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
@@ -335,6 +342,16 @@ class TrainConfig:
         _check(self.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         _check(self.num_workers > 0, f"train.num_workers must be > 0, got {self.num_workers}")
         _check(self.checkpoints_to_keep > 0, f"train.checkpoints_to_keep must be > 0, got {self.checkpoints_to_keep}")
+        _check(self.patience > 0, f"train.patience must be > 0, got {self.patience}")
+        _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_start_lr >= 0, f"train.warmup_start_lr must be >= 0, got {self.warmup_start_lr}")
+        _check(self.max_failures >= -1, f"train.max_failures must be >= -1 (-1: unlimited), got {self.max_failures}")
+        _check(self.log_every > 0, f"train.log_every must be > 0, got {self.log_every}")
+        _check(self.shuffle_buffer_rows >= 0, f"train.shuffle_buffer_rows must be >= 0, got {self.shuffle_buffer_rows}")
+        for name in ("eval_limit", "eval_batch_size", "cpu_threads_per_worker"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"train.{name} must be > 0 (or null), got {value}")
 
 
 @dataclass

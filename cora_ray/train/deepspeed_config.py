@@ -1,0 +1,120 @@
+"""The DeepSpeed side of a run: its JSON config, the AdamW parameter groups, and the CPU workarounds.
+
+    ds_config = deepspeed_config(cfg.train, world_size=2, precision="fp32")
+    optimizer = build_optimizer(model, cfg.train, frozen_ids)        # trainable parameters only
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, lr_scheduler=...)
+
+A client torch optimizer is used on purpose (STACK_NOTES): DeepSpeed's own FusedAdam / DeepSpeedCPUAdam would
+JIT-compile C++ ops first (~200 s each on CPU). `zero_allow_untested_optimizer` lets ZeRO wrap it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from cora_ray.config import TrainConfig
+from cora_ray.errors import ConfigError, TrainingError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+# Names of 1-D parameters are not needed: anything with ndim < 2 (biases, norm scales) gets no weight decay;
+# the name test catches 2-D parameters that are norms or biases in some implementations.
+_NO_DECAY_NAME_PARTS = ("bias", "norm", "ln_", ".ln", "layernorm")
+
+
+def resolve_precision(llm_dtype: str, use_gpu: bool) -> Precision:
+    """fp32 on CPU and bf16 on GPU unless the config names a dtype (`llm.dtype`)."""
+    if llm_dtype == "auto":
+        return "bf16" if use_gpu else "fp32"
+    precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[llm_dtype]
+    if precision == "fp16" and not use_gpu:
+        raise ConfigError(
+            "llm.dtype float16 needs a GPU (DeepSpeed's CPU accelerator has no fp16); use float32 or auto"
+        )
+    return precision
+
+
+def torch_dtype(precision: Precision) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def deepspeed_config(train: TrainConfig, *, world_size: int, precision: Precision) -> dict[str, Any]:
+    """The DeepSpeed JSON config for a run (ZeRO stage, batch sizes, clipping, precision)."""
+    zero: dict[str, Any] = {"stage": train.zero_stage}
+    if train.zero_stage >= 2:
+        zero.update(contiguous_gradients=True, overlap_comm=False, reduce_scatter=True)
+    if train.zero_stage == 3:
+        # Small tensors (norms, the generator's biases) stay whole on every rank: fewer tiny all-gathers.
+        zero.update(stage3_param_persistence_threshold=int(1e4), stage3_prefetch_bucket_size=int(5e7))
+    return {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum_steps,
+        "train_batch_size": train.micro_batch_size * train.grad_accum_steps * world_size,
+        "gradient_clipping": float(train.grad_clip),
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def is_no_decay(name: str, param: torch.Tensor) -> bool:
+    return param.ndim < 2 or any(part in name.lower() for part in _NO_DECAY_NAME_PARTS)
+
+
+def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """AdamW groups: `weight_decay` on matrices, 0 on biases and norms (SPEC §4)."""
+    decay, no_decay = [], []
+    for name, p in named:
+        (no_decay if is_no_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
+    return groups
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig, frozen_ids: set[int]) -> torch.optim.AdamW:
+    """AdamW over the parameters that require grad — and a check that none of them is a frozen one.
+
+    `frozen_ids` holds `id()` of every parameter of the base LLM and the CF backbone, taken before the
+    trainable parts were attached."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise TrainingError("the model has no trainable parameters (nothing to optimise)")
+    leaked = [n for n, p in named if id(p) in frozen_ids]
+    if leaked:
+        raise TrainingError(
+            f"{len(leaked)} parameter(s) of the frozen LLM / CF backbone require grad (e.g. {leaked[0]}); "
+            "the base model must stay frozen"
+        )
+    opt = torch.optim.AdamW(
+        param_groups(named, train.weight_decay), lr=train.warmup_start_lr, betas=(0.9, 0.999)
+    )
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not (held & frozen_ids), "optimizer holds frozen parameters"
+    return opt
+
+
+def optimizer_numel(optimizer: Any) -> int:
+    """Elements the (possibly ZeRO-wrapped) optimizer updates on this rank; ZeRO-3 shows numel 0, so ds_numel."""
+    total = 0
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            total += int(getattr(p, "ds_numel", 0) or p.numel())
+    return total
+
+
+def disable_hidden_compiles() -> None:
+    """Skip DeepSpeed's shared-memory all-reduce op build (~80 s of C++ compile on the first init, used only for
+    inference all-reduce, and its bf16 kernels need AVX-512) — STACK_NOTES. Call before `deepspeed.initialize`."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    # `deepspeed.comm.torch` as an attribute resolves to the real torch module: use importlib.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None

@@ -1,0 +1,251 @@
+"""Ray Data ingest for training: protocol parquet → prompts → token ids, streamed into the Train workers.
+
+    train_ds = split_dataset(data_uri, "train", encoder, shuffle_seed=42)    # lazy; nothing read yet
+    valid_ds = split_dataset(data_uri, "valid_small", encoder, keep=keys)     # optional fixed row subset
+    TorchTrainer(..., datasets={"train": train_ds, "valid": valid_ds}, dataset_config=TrainDataConfig())
+
+    # in a worker
+    for batch in iter_model_batches(ray.train.get_dataset_shard("train"), batch_size=8, pad_id=0, ...):
+        ...                                   # dict of tensors: input_ids (B, T) left-padded, attention_mask, ...
+
+- `read_parquet` streams the split's parts (local or s3://, pyarrow filesystem passed explicitly so that the
+  endpoint reaches every read task); rows are never collected in one process.
+- Titles are attached and prompts built + tokenised by the project's `PromptEncoder` inside `map_batches`
+  on CPU actors, overlapped with training.
+- Each map batch is padded to its own longest prompt, so rows from different map batches differ in length:
+  `collate_left_padded` strips every row back to its real tokens (attention_mask) and left-pads the
+  training batch to its own longest row (dynamic padding).
+- `TrainDataConfig` splits "train" into equal shards (every worker takes the same number of steps per epoch)
+  and "valid" into unequal ones (`equal=True` would drop rows to even the shards: each validation row must
+  be scored exactly once).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from cora_ray import storage
+from cora_ray.data import protocol
+from cora_ray.errors import DataError
+
+READ_COLUMNS = ["user_id", "item_id", "label", "history"]
+TOKEN_COLUMNS = ("input_ids", "attention_mask")
+POSITION_COLUMNS = ("user_pos", "item_pos")  # CoLLM placeholders: token positions inside input_ids
+
+
+def row_keys(user_id: np.ndarray, item_id: np.ndarray) -> np.ndarray:
+    """int64 key of a (user, item) pair: what validation counts to check that every row is scored once."""
+    return (np.asarray(user_id, dtype=np.int64) << 32) | np.asarray(item_id, dtype=np.int64)
+
+
+def read_split_keys(data_uri: str, split: str, endpoint: str | None = None) -> np.ndarray:
+    """The (user, item) keys of a split's rows, in file order (two int columns: small even for Amazon-Book)."""
+    table = protocol.read_split(data_uri, split, endpoint, columns=["user_id", "item_id"])
+    return row_keys(table["user_id"].to_numpy(), table["item_id"].to_numpy())
+
+
+def sample_keys(keys: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """A fixed seeded subset of `limit` rows (all rows when `limit` is None or ≥ the row count), as keys."""
+    if limit is None or limit >= len(keys):
+        return keys
+    idx = np.sort(np.random.default_rng(seed).choice(len(keys), size=limit, replace=False))
+    return keys[idx]
+
+
+def _keep_rows(batch: dict[str, np.ndarray], keys: np.ndarray) -> dict[str, np.ndarray]:
+    """map_batches filter: keep the rows whose (user, item) key is in `keys` (sorted, unique)."""
+    mask = np.isin(row_keys(batch["user_id"], batch["item_id"]), keys, assume_unique=False)
+    return {k: v[mask] for k, v in batch.items()}
+
+
+class EncodePrompts:
+    """map_batches UDF (an actor: the tokenizer is built once): numpy rows → model inputs.
+
+    `encoder_factory()` returns the project's PromptEncoder (or anything with the same call: a dict of numpy
+    columns user_id, item_id, label, history → a dict with input_ids, attention_mask, user_id, item_id,
+    label, history, [user_pos, item_pos])."""
+
+    def __init__(self, encoder_factory: Any) -> None:
+        self.encoder = encoder_factory()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.encoder(batch)
+        missing = [c for c in (*TOKEN_COLUMNS, "user_id", "item_id", "label") if c not in out]
+        if missing:
+            raise DataError(f"prompt encoder output lacks column(s) {missing}; got {sorted(out)}")
+        return _as_row_arrays(out)
+
+
+def _as_row_arrays(out: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Columns as numpy arrays with rows first (tensors and lists converted)."""
+    result = {}
+    for k, v in out.items():
+        if hasattr(v, "detach"):
+            v = v.detach().cpu().numpy()
+        result[k] = np.asarray(v)
+    return result
+
+
+def split_dataset(
+    data_uri: str,
+    split: str,
+    encoder_factory: Any,
+    *,
+    endpoint: str | None = None,
+    keep_keys: np.ndarray | None = None,
+    shuffle_seed: int | None = None,
+    global_shuffle: bool = False,
+    map_batch_size: int = 256,
+    encoder_actors: int = 1,
+    encoder_cpus: float = 0.5,
+):
+    """A lazy Ray Dataset of encoded rows of one protocol split.
+
+    `keep_keys` restricts it to those (user, item) rows (validation sample); `global_shuffle` adds a Ray
+    Data `random_shuffle` of the raw id rows (ints only, before prompts are built) — the protocol's splits
+    are stored in time order, so without it a short run would only see the split's first weeks."""
+    import ray.data
+
+    fs, path = storage.filesystem(protocol.split_dir(data_uri, split), endpoint)
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=READ_COLUMNS)
+    if keep_keys is not None:
+        ds = ds.map_batches(_keep_rows, fn_args=(np.unique(keep_keys),), batch_format="numpy", num_cpus=0.25)
+    if global_shuffle:
+        ds = ds.random_shuffle(seed=shuffle_seed)
+    elif shuffle_seed is not None:
+        ds = ds.randomize_block_order(seed=shuffle_seed)
+    return ds.map_batches(
+        EncodePrompts,
+        fn_constructor_args=(encoder_factory,),
+        batch_size=map_batch_size,
+        batch_format="numpy",
+        concurrency=encoder_actors,
+        num_cpus=encoder_cpus,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# worker side: batches of tensors
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _rows(column: np.ndarray) -> list[np.ndarray]:
+    """A token column as a list of 1-D arrays (a 2-D array or an object array of ragged rows)."""
+    if column.dtype == object:
+        return [np.asarray(r) for r in column]
+    return list(column)
+
+
+def collate_left_padded(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, Any]:
+    """numpy batch → dict of torch tensors, token columns re-padded on the left to this batch's longest row.
+
+    Placeholder positions (CoLLM's user_pos / item_pos, absolute indices into the padded row) move with the
+    padding: new = old - old_pad + new_pad."""
+    import torch
+
+    ids_rows = _rows(batch["input_ids"])
+    mask_rows = _rows(batch["attention_mask"])
+    lengths = [int(np.asarray(m).sum()) for m in mask_rows]
+    width = max(lengths) if lengths else 0
+    n = len(ids_rows)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    old_pad = np.zeros(n, dtype=np.int64)
+    for r, (row, m, length) in enumerate(zip(ids_rows, mask_rows, lengths, strict=True)):
+        m = np.asarray(m).astype(bool)
+        ids[r, width - length :] = np.asarray(row)[m]
+        mask[r, width - length :] = 1
+        old_pad[r] = len(m) - length
+    new_pad = width - np.asarray(lengths, dtype=np.int64)
+    out: dict[str, Any] = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    for k, v in batch.items():
+        if k in TOKEN_COLUMNS:
+            continue
+        if k in POSITION_COLUMNS:
+            pos = np.array(v, dtype=np.int64)
+            shift = (new_pad - old_pad).reshape((-1,) + (1,) * (pos.ndim - 1))
+            out[k] = torch.from_numpy(np.where(pos >= 0, pos + shift, pos))
+        elif k == "label":
+            out[k] = torch.from_numpy(np.array(v, dtype=np.float32))  # a writable copy
+        elif v.dtype == object:
+            out[k] = torch.from_numpy(np.stack([np.asarray(x, dtype=np.int64) for x in v]))
+        elif np.issubdtype(v.dtype, np.integer) or v.dtype == bool:
+            out[k] = torch.from_numpy(np.array(v, dtype=np.int64))
+        else:
+            out[k] = torch.from_numpy(np.array(v))
+    return out
+
+
+def _collate_fn(pad_id: int):
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class LeftPadCollate(NumpyBatchCollateFn):
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+            return collate_left_padded(batch, pad_id)
+
+    return LeftPadCollate()
+
+
+def iter_model_batches(
+    shard: Any,
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: Any = None,
+    drop_last: bool = False,
+    shuffle_buffer: int | None = None,
+    shuffle_seed: int | None = None,
+    prefetch_batches: int = 2,
+) -> Iterator[dict[str, Any]]:
+    """One pass over a worker's shard (`ray.train.get_dataset_shard(name)`) as batches of tensors on `device`."""
+    kwargs: dict[str, Any] = {}
+    if shuffle_buffer:
+        kwargs.update(
+            local_shuffle_buffer_size=max(shuffle_buffer, batch_size), local_shuffle_seed=shuffle_seed
+        )
+    it = shard.iter_torch_batches(
+        batch_size=batch_size,
+        collate_fn=_collate_fn(pad_id),
+        drop_last=drop_last,
+        prefetch_batches=prefetch_batches,
+        device="cpu",
+        **kwargs,
+    )
+    for batch in it:
+        yield batch if device is None else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_data_config():
+    """Ray Train DataConfig: "train" in equal shards, "valid" in unequal ones (no row dropped)."""
+    from ray.train import DataConfig
+
+    class TrainDataConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):  # noqa: D102
+            output = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                if ds.name is None:
+                    ds.set_name(name)
+                ds = ds.copy(ds)
+                ds.context.execution_options = self._resolve_execution_options(name)
+                splits = ds.streaming_split(
+                    world_size, equal=(name == "train"), locality_hints=worker_node_ids
+                )
+                for i, split in enumerate(splits):
+                    output[i][name] = split
+            return output
+
+    return TrainDataConfig()
+
+
+@functools.lru_cache(maxsize=8)
+def _split_rows(data_uri: str, split: str, endpoint: str | None) -> int:
+    return int(protocol.read_manifest(data_uri, endpoint)["counts"][split])
+
+
+def split_rows(data_uri: str, split: str, endpoint: str | None = None) -> int:
+    """Rows in a split, from the dataset manifest."""
+    return _split_rows(data_uri, split, endpoint)

@@ -1,0 +1,118 @@
+"""What a training checkpoint holds beyond the model contract (cora_ray.checkpoint), so a run can go on.
+
+    <ckpt>/trainable.safetensors, manifest.json   the contract: what evaluation and serving load
+    <ckpt>/train_state.json                       step, best AUC and its step, validations without improvement
+    <ckpt>/optimizer/rank-<r>.safetensors         AdamW state of rank r's ZeRO partition (optional)
+
+No pickle: the optimizer state is stored tensor by tensor (`g<group>.p<index>.<name>`) from the torch
+AdamW inside DeepSpeed (for ZeRO 1-3 its parameters are this rank's flat fp32 partitions). It is restored
+only when the world size, ZeRO stage and every tensor shape match; otherwise training continues from the
+restored weights and step with fresh Adam moments, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TRAIN_STATE_FILE = "train_state.json"
+OPTIMIZER_DIR = "optimizer"
+
+
+@dataclass
+class TrainState:
+    """The counters a resumed run needs (all ranks hold the same values)."""
+
+    step: int = 0
+    best_auc: float = float("-inf")
+    best_step: int | None = None
+    bad_evals: int = 0  # validations since the last improvement
+    epoch: int = 0
+    samples: int = 0  # training rows consumed, all workers
+    world_size: int = 1
+    zero_stage: int = 0
+    stopped_early: bool = False
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        if d["best_auc"] == float("-inf"):
+            d["best_auc"] = None
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainState:
+        d = json.loads(text)
+        if d.get("best_auc") is None:
+            d["best_auc"] = float("-inf")
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def inner_optimizer(ds_optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's wrapper (ZeRO 1-3, bf16), or the optimizer itself (ZeRO 0 fp32)."""
+    inner = getattr(ds_optimizer, "optimizer", None)
+    return inner if isinstance(inner, torch.optim.Optimizer) else ds_optimizer
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Every state tensor of the optimizer, plus its parameters (the fp32 master partitions)."""
+    out: dict[str, torch.Tensor] = {}
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            out[f"g{gi}.p{pi}.param"] = p.detach().to("cpu").clone()
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor):
+                    out[f"g{gi}.p{pi}.{name}"] = value.detach().to("cpu").clone().reshape(value.shape)
+    return out
+
+
+def save_optimizer_state(directory: str | Path, rank: int, ds_optimizer: Any) -> Path:
+    path = Path(directory) / OPTIMIZER_DIR / f"rank-{rank}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in optimizer_tensors(inner_optimizer(ds_optimizer)).items()}
+    save_file(tensors, str(path))
+    return path
+
+
+def load_optimizer_state(directory: str | Path, rank: int, ds_optimizer: Any) -> str | None:
+    """Restore this rank's optimizer state; returns None on success, else why it was not restored."""
+    path = Path(directory) / OPTIMIZER_DIR / f"rank-{rank}.safetensors"
+    if not path.is_file():
+        return f"no optimizer state for rank {rank} in the checkpoint"
+    saved = load_file(str(path))
+    opt = inner_optimizer(ds_optimizer)
+    plan: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]] = []
+    for gi, group in enumerate(opt.param_groups):
+        for pi, p in enumerate(group["params"]):
+            key = f"g{gi}.p{pi}"
+            master = saved.get(f"{key}.param")
+            if master is None or master.shape != p.shape:
+                return f"optimizer partition {key} differs in shape (saved {None if master is None else tuple(master.shape)}, now {tuple(p.shape)})"
+            state = {
+                k.rsplit(".", 1)[1]: v
+                for k, v in saved.items()
+                if k.startswith(f"{key}.") and not k.endswith(".param")
+            }
+            plan.append((p, state, master))
+    expected = {
+        f"g{gi}.p{pi}.param" for gi, g in enumerate(opt.param_groups) for pi in range(len(g["params"]))
+    }
+    if {k for k in saved if k.endswith(".param")} != expected:
+        return "optimizer parameter groups differ from the checkpoint's"
+    with torch.no_grad():
+        for p, state, master in plan:
+            p.copy_(master.to(p.device, p.dtype))
+            restored = {}
+            for name, value in state.items():
+                if name == "step":
+                    restored[name] = value.to(torch.float32)  # AdamW keeps `step` as a CPU float tensor
+                else:
+                    restored[name] = value.to(p.device, p.dtype)
+            if restored:
+                opt.state[p] = restored
+    return None
