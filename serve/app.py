@@ -17,6 +17,7 @@ Two deployments, wiring only (the rules live in cora_ray.infer.service, the mode
 # on the methods that serve.ingress wraps.
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -182,6 +183,7 @@ class CoRAScorer:
         self._defaults = ScorerOptions(checkpoint_uri=checkpoint_uri)
         self._checkpoint_uri = checkpoint_uri
         self._reload_lock = asyncio.Lock()
+        self._reload_error: str | None = None
         scorer = self._load(checkpoint_uri)
         self.engine = ScoringEngine(scorer, self._defaults)
         self._metrics = _CacheMetrics()
@@ -193,18 +195,40 @@ class CoRAScorer:
         self._batched.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
 
     async def reconfigure(self, user_config: dict) -> None:
-        """New options; a new checkpoint_uri loads beside the serving model and swaps in between batches."""
-        options = ScorerOptions.from_user_config(user_config, self._defaults)
+        """New options; a new checkpoint_uri loads beside the serving model and swaps in between batches.
+
+        A reload that fails (wrong URI, hash mismatch, bad option) keeps the replica serving what it
+        serves: raising here would make Serve replace the replica, which fails the same way, and requests
+        would wait on a deployment with no replica. The error is logged and shown in /v1/model
+        (`reload_error`) until a reload succeeds."""
+        try:
+            options = ScorerOptions.from_user_config(user_config, self._defaults)
+        except ConfigError as exc:
+            self._reload_error = f"user_config refused, options unchanged: {exc}"
+            logger.error("CoRAScorer: %s", self._reload_error)
+            return
         uri = options.checkpoint_uri or self._defaults.checkpoint_uri
         async with self._reload_lock:
             if uri != self._checkpoint_uri:
                 logger.info(
                     "CoRAScorer: loading checkpoint %s (serving %s meanwhile)", uri, self._checkpoint_uri
                 )
-                scorer = await asyncio.to_thread(self._load, uri)
-                await asyncio.to_thread(self.engine.swap, scorer)
-                self._checkpoint_uri = uri
-                logger.info("CoRAScorer: now serving %s", self.engine.adapter.model_id)
+                try:
+                    scorer = await asyncio.to_thread(self._load, uri)
+                except Exception as exc:  # any load failure: keep serving the loaded model
+                    self._reload_error = (
+                        f"checkpoint {uri} was not loaded ({type(exc).__name__}: {exc}); "
+                        f"still serving {self._checkpoint_uri}"
+                    )
+                    logger.exception("CoRAScorer: %s", self._reload_error)
+                    options = dataclasses.replace(options, checkpoint_uri=self._checkpoint_uri)
+                else:
+                    await asyncio.to_thread(self.engine.swap, scorer)
+                    self._checkpoint_uri = uri
+                    self._reload_error = None
+                    logger.info("CoRAScorer: now serving %s", self.engine.adapter.model_id)
+            else:
+                self._reload_error = None
             self.engine.set_options(options)
             self._apply_batching(options)
 
@@ -224,6 +248,7 @@ class CoRAScorer:
             **self.engine.describe(),
             "replica": ctx.replica_id.unique_id if ctx else None,
             "replica_actor": ray.get_runtime_context().get_actor_name(),
+            "reload_error": self._reload_error,
         }
 
     def check_health(self) -> None:

@@ -361,3 +361,15 @@ def test_reload_through_user_config_drops_no_request(app):
     assert info["cache"]["version"] == info["model"] and info["cache"]["resets"] >= 1
     # back to the first checkpoint (in place again)
     harness.deploy(app.config)
+
+
+def test_a_failed_reload_keeps_serving_the_loaded_model_and_says_why(app):
+    harness.deploy(
+        harness.with_user_config(app.config, checkpoint_uri=str(app.setup.root / "no-such-checkpoint"))
+    )
+    status, body = post(app, "/v1/score", {"user_id": "user_1", "item_ids": ["item_1"]})
+    assert status == 200 and body["model"].startswith(app.setup.checkpoint_uri + "@")
+    info = harness.request(app.base, "GET", "/v1/model")[1]
+    assert "no-such-checkpoint" in info["reload_error"] and "still serving" in info["reload_error"]
+    harness.deploy(app.config)
+    assert harness.request(app.base, "GET", "/v1/model")[1]["reload_error"] is None

@@ -26,7 +26,7 @@ def app(ray_cluster, tiny_setup):
         port,
         tiny_setup.checkpoint_uri,
         tiny_setup.data_uri,
-        scorer={"cache_bytes": 1 << 20},
+        scorer={"cache_bytes": 1 << 18},
         scorer_replicas=2,
     )
     harness.start_serve(port)
@@ -87,9 +87,9 @@ def test_sixteen_clients_for_twenty_seconds_without_errors(app):
     )
     assert stats["requests"] > 100
     assert stats["errors"] == []
-    # ~45 users x 60 items of 1 KiB G each would need ~2.6 MiB: the 1 MiB budget holds, by evicting
+    # ~45 users x 60 items of 1 KiB G each would need ~2.6 MiB: the 256 KiB budget holds, by evicting
     cache = harness.request(app.base, "GET", "/v1/model")[1]["cache"]
-    assert 0 < cache["bytes"] <= cache["max_bytes"] == 1 << 20
+    assert 0 < cache["bytes"] <= cache["max_bytes"] == 1 << 18
     assert cache["evictions"] > 0 and cache["users"] > 1
 
 
