@@ -70,9 +70,6 @@ class AppArgs:
     device: str = "auto"  # auto: cuda when the replica has a GPU, else cpu
     dtype: str | None = None  # None: the scorer's default (fp32 on CPU, bf16 on GPU)
     route_by_user: bool = True  # user-affinity routing (serve/routing.py); false: Serve's default router
-    # "module:callable" building the scorer from (checkpoint_uri, data_uri, device, dtype); default: the
-    # CoRA Scorer (cora_ray.infer.scorer.Scorer.from_checkpoint). For other scorers with the same calls.
-    scorer_factory: str | None = None
     scorer: ScorerOptions = field(default_factory=ScorerOptions)
     limits: RequestLimits = field(default_factory=RequestLimits)
 
@@ -100,32 +97,20 @@ def resolve_data_uri(checkpoint_uri: str, data_uri: str | None, endpoint: str | 
 
 
 def load_scorer(
-    checkpoint_uri: str,
-    data_uri: str,
-    device: str,
-    dtype: str | None,
-    endpoint: str | None = None,
-    factory: str | None = None,
+    checkpoint_uri: str, data_uri: str, device: str, dtype: str | None, endpoint: str | None = None
 ) -> Any:
     """The cora_ray.infer Scorer for a checkpoint (hashes checked against the data and the base LLM)."""
-    import importlib
-
     import torch
+
+    from cora_ray.infer.scorer import Scorer
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if endpoint:
+    if endpoint:  # also for what the checkpoint names (CF artifact, an s3:// base LLM)
         os.environ.setdefault("AWS_ENDPOINT_URL", endpoint)
-    if factory:
-        module, _, name = factory.partition(":")
-        build = importlib.import_module(module)
-        for part in name.split("."):
-            build = getattr(build, part)
-    else:
-        from cora_ray.infer.scorer import Scorer
-
-        build = Scorer.from_checkpoint
-    return build(checkpoint_uri, data_uri=data_uri, device=device, dtype=dtype)
+    return Scorer.from_checkpoint(
+        checkpoint_uri, data_uri=data_uri, device=device, dtype=dtype, endpoint=endpoint
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,10 +160,9 @@ class CoRAScorer:
         device: str,
         dtype: str | None,
         endpoint: str | None,
-        factory: str | None = None,
     ) -> None:
         self._load = functools.partial(
-            load_scorer, data_uri=data_uri, device=device, dtype=dtype, endpoint=endpoint, factory=factory
+            load_scorer, data_uri=data_uri, device=device, dtype=dtype, endpoint=endpoint
         )
         self._defaults = ScorerOptions(checkpoint_uri=checkpoint_uri)
         self._checkpoint_uri = checkpoint_uri
@@ -434,7 +418,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
 
         scorer_opts["request_router_config"] = RequestRouterConfig(request_router_class=UserAffinityRouter)
     scorer = CoRAScorer.options(**scorer_opts).bind(
-        checkpoint_uri, data_uri, parsed.device, parsed.dtype, parsed.s3_endpoint, parsed.scorer_factory
+        checkpoint_uri, data_uri, parsed.device, parsed.dtype, parsed.s3_endpoint
     )
     return CoRAIngress.bind(scorer, data_uri, parsed.s3_endpoint, asdict(parsed.limits))
 

@@ -42,7 +42,10 @@ if TYPE_CHECKING:  # torch is imported where G is handled: the HTTP ingress runs
 # options (the scorer deployment's user_config) and request limits
 # ---------------------------------------------------------------------------------------------------------
 
-DEFAULT_CACHE_BYTES = 0  # set by bench/bench_serve.py's cache on/off measurement: see bench/results/
+# Off by default, by measurement (bench/bench_serve.py → bench/results/serve_cache*.md): generating G is a
+# small fraction of a row's cost (≈2.6% at SmolLM2-135M size on CPU, ≈0.02% of the FLOPs at 7B), and end to
+# end the cache's effect was within run-to-run noise. Set cache_bytes to turn it on.
+DEFAULT_CACHE_BYTES = 0
 
 
 @dataclass

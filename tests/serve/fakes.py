@@ -49,11 +49,6 @@ class FakeScorer:
         return g + 0.001 * np.asarray(item_ids) + 0.01 * np.asarray([len(h) for h in histories])
 
 
-def build_fake(checkpoint_uri: str, data_uri=None, device="cpu", dtype=None) -> FakeScorer:
-    """A scorer factory for serve.app (AppArgs.scorer_factory)."""
-    return FakeScorer(uri=checkpoint_uri, tag="b" if checkpoint_uri.endswith("2") else "a")
-
-
 def write_tiny_dataset(uri: str, users: int = 12, items: int = 20, seed: int = 0) -> dict:
     """A small protocol dataset (raw user ids 'u<n>', raw item ids 'i<n>', titles 'Title <n>')."""
     import pyarrow as pa
