@@ -34,6 +34,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cora_ray import storage
 from cora_ray.config import from_dict
 from cora_ray.errors import ConfigError, CoraError
 from cora_ray.infer.service import (
@@ -402,6 +403,11 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """The application for `serve run` / `serve deploy`; `args` follow AppArgs (nested scorer / limits)."""
     parsed = from_dict(AppArgs, dict(args or {}), source="application args")
     checkpoint_uri = _absolute(parsed.checkpoint_uri)
+    if not storage.exists(storage.join(checkpoint_uri, storage.MANIFEST), parsed.s3_endpoint):
+        raise ConfigError(
+            f"no checkpoint at {checkpoint_uri} (no {storage.MANIFEST}): train one first (`make demo` writes "
+            "artifacts/demo/checkpoint; jobs/train.py prints its best checkpoint) or set checkpoint_uri"
+        )
     data_uri = _absolute(resolve_data_uri(checkpoint_uri, parsed.data_uri, parsed.s3_endpoint))
     options = parsed.scorer
     user_config = {k: v for k, v in asdict(options).items() if v is not None}

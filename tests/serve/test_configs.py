@@ -54,3 +54,13 @@ def test_local_config_is_cpu_one_replica_on_loopback_with_the_demo_checkpoint():
     assert scorer.num_replicas == 1 and not scorer.ray_actor_options.num_gpus
     args = data["applications"][0]["args"]
     assert args["checkpoint_uri"] == "artifacts/demo/checkpoint" and args["device"] == "cpu"
+
+
+def test_building_the_app_without_a_checkpoint_says_how_to_get_one(tmp_path):
+    from cora_ray.errors import ConfigError
+    from serve.app import build_app
+
+    with pytest.raises(ConfigError, match=r"no checkpoint at .*make demo"):
+        build_app({"checkpoint_uri": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="unknown key 'checkpoint'"):
+        build_app({"checkpoint": "x"})
