@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -239,13 +238,3 @@ def train_data_config():
             return output
 
     return TrainDataConfig()
-
-
-@functools.lru_cache(maxsize=8)
-def _split_rows(data_uri: str, split: str, endpoint: str | None) -> int:
-    return int(protocol.read_manifest(data_uri, endpoint)["counts"][split])
-
-
-def split_rows(data_uri: str, split: str, endpoint: str | None = None) -> int:
-    """Rows in a split, from the dataset manifest."""
-    return _split_rows(data_uri, split, endpoint)

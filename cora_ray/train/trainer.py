@@ -325,16 +325,17 @@ def worker_env(cfg: ExperimentConfig) -> dict[str, str]:
     }
     if not cfg.train.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
+    # Credentials are never put here (a runtime_env is visible in Ray's dashboard and state API): workers of a
+    # local Ray inherit them from this process, and cluster nodes have their own (instance profile).
     for k in (
         "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
         "AWS_REGION",
+        "AWS_DEFAULT_REGION",
         "HF_HOME",
         "HF_HUB_OFFLINE",
         "TRANSFORMERS_OFFLINE",
-        "CORA_RAY_CACHE",
+        "CORA_RAY_CACHE_DIR",
+        "XDG_CACHE_HOME",
     ):
         if k in os.environ:
             env[k] = os.environ[k]
@@ -414,7 +415,9 @@ def build_trainer(plan: RunPlan) -> Any:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=spec.to_config(),
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, accelerator_type=t.accelerator_type
+        ),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         datasets=build_datasets(plan),
         dataset_config=train_data_config(),

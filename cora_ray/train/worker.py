@@ -28,7 +28,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class RunSpec:
     cf_record: dict | None = None  # {"uri", "hash", "backbone"} written into checkpoint manifests
     resume_from: str | None = None  # checkpoint URI from `--resume` (used when the run has none of its own)
     endpoint: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_config(self) -> dict:
         return {"spec": self}
