@@ -213,22 +213,23 @@ class _Block(nn.Module):
         )
         self.dropout_p = dropout
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x (B, T, D), allowed (B, T, T) → (B, T, D); with `last_only`, only the last position's output
+        (B, 1, D) is computed (keys and values still come from every position): what the final block needs."""
         b, t, d = x.shape
         h = self.num_heads
-        q_in = self.attn_norm(x)
-
-        def heads(z: torch.Tensor) -> torch.Tensor:
-            return z.view(b, t, h, d // h).transpose(1, 2)
-
+        q_in = self.attn_norm(x[:, -1:] if last_only else x)
+        if last_only:
+            allowed = allowed[:, -1:]
+        tq = q_in.shape[1]
         att = F.scaled_dot_product_attention(
-            heads(self.q(q_in)),
-            heads(self.k(x)),
-            heads(self.v(x)),
+            self.q(q_in).view(b, tq, h, d // h).transpose(1, 2),
+            self.k(x).view(b, t, h, d // h).transpose(1, 2),
+            self.v(x).view(b, t, h, d // h).transpose(1, 2),
             attn_mask=allowed[:, None],
             dropout_p=self.dropout_p if self.training else 0.0,
         )
-        x = q_in + self.attn_dropout(self.o(att.transpose(1, 2).reshape(b, t, d)))
+        x = q_in + self.attn_dropout(self.o(att.transpose(1, 2).reshape(b, tq, d)))
         x = self.ffn_norm(x)
         return x + self.ffn(x)
 
@@ -295,16 +296,22 @@ class SASRec(_Base):
         self._check_ids(seq, self.num_items, "history item")
         if seq.shape[0] != user_ids.shape[0]:
             raise ModelError(f"sasrec: {user_ids.shape[0]} users but {seq.shape[0]} history rows")
+        return self.encode(seq)
+
+    def encode(self, seq: torch.Tensor, last_only: bool = True) -> torch.Tensor:
+        """(B, T) left-padded item ids → (B, D): the last position's output. `last_only=False` runs the final
+        block on every position too (same result, the textbook computation; kept for tests)."""
         t = seq.shape[1]
         real = seq != 0  # (B, T)
-        x = self.item_emb(seq) * math.sqrt(self.dim) + self.pos_emb.weight[None]
+        x = self.item_emb(seq) * math.sqrt(self.dim) + self.pos_emb.weight[None, -t:]
         x = self.emb_dropout(x) * real[..., None]
         causal = torch.ones(t, t, dtype=torch.bool, device=seq.device).tril()
         eye = torch.eye(t, dtype=torch.bool, device=seq.device)
         # a query attends to earlier real items and always to itself (so padded rows never see an empty set)
         allowed = (causal[None] & real[:, None, :]) | eye[None]
-        for block in self.blocks:
-            x = block(x, allowed) * real[..., None]
+        for j, block in enumerate(self.blocks):
+            final = last_only and j == len(self.blocks) - 1
+            x = block(x, allowed, last_only=final) * (real[:, -1:, None] if final else real[..., None])
         return self.last_norm(x)[:, -1]
 
     def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,8 @@ def init_ray(num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    # every trial prints one progress line per epoch: keep them all (Ray folds "similar" lines by default)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return True
@@ -134,6 +136,8 @@ def run_pretrain(
         raise TrainingError("run_pretrain needs Ray: call cora_ray.cf.runner.init_ray() first")
     check_inputs(data_uri, cfg, endpoint)
     check_out(out_uri, overwrite, endpoint)
+    if not storage.is_s3(data_uri):  # Tune runs each trial in its own working directory
+        data_uri = str(Path(data_uri).absolute())
     lrs = list(cfg.grid.lrs) if grid else [cfg.train.lr]
     wds = list(cfg.grid.weight_decays) if grid else [cfg.train.weight_decay]
     n_trials = len(lrs) * len(wds)
@@ -150,8 +154,6 @@ def run_pretrain(
     else:
         run_kwargs.update(storage_path=str(Path(storage_root).absolute()))
     name = f"cf_{cfg.model.backbone}_{time.strftime('%Y%m%d-%H%M%S')}"
-    # results come back through the ResultGrid; no TensorBoard / CSV files per trial
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=to_dict(cfg), data_uri=data_uri, endpoint=endpoint),
         {"cpu": cfg.grid.cpus_per_trial},

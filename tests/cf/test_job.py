@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,8 +87,9 @@ def test_single_run_nan_loss_is_reported_and_nothing_is_published(ray_cluster, s
 @pytest.mark.slow
 def test_cli_end_to_end_on_a_local_ray(tmp_path, syn_uri):
     out = tmp_path / "sasrec"
+    rel = os.path.relpath(syn_uri, REPO)  # relative to the job's cwd, while Tune runs trials elsewhere
     r = _job(
-        "--data", syn_uri, "--backbone", "sasrec", "--out", str(out), "--num-cpus", "2",
+        "--data", rel, "--backbone", "sasrec", "--out", str(out), "--num-cpus", "2",
         "model.dim=16", "train.max_epochs=2", "train.batch_size=512",
         timeout=300,
     )  # fmt: skip
