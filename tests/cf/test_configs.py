@@ -45,3 +45,18 @@ def test_shipped_configs_load(path):
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_cf_config(None, [override])
+
+
+def test_cf_package_imports_without_ray():
+    """A GPU script uses cora_ray.cf without Ray: only cora_ray.cf.runner may import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import cora_ray.cf, cora_ray.cf.train, cora_ray.cf.pretrain, cora_ray.cf.artifact, cora_ray.cf.data\n"
+        "from cora_ray.cf import MF, LightGCN, SASRec, load_cf_artifact, pretrain_local\n"
+        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
