@@ -25,7 +25,9 @@ class CFBackbone(nn.Module):
         """(B,) item ids → (B, D)."""
         raise NotImplementedError
 
-    def score(self, user_ids: torch.Tensor, item_ids: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+    def score(
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B,) logits of "user likes item": dot product of the two vectors."""
         return (self.user_vectors(user_ids, history) * self.item_vectors(item_ids)).sum(-1)
 
