@@ -104,3 +104,11 @@ def test_every_shipped_config_loads():
     )
     for p in configs:
         load_config(ExperimentConfig, p)
+
+
+def test_scientific_notation_without_dot_is_a_number(tmp_path):
+    # PyYAML reads `1e-3` as a string; in files and inside list overrides it must still be a float
+    cfg = load_config(ExperimentConfig, write(tmp_path, "train:\n  lr: 1e-3\n"), ["train.min_lr=5e-5"])
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.min_lr == pytest.approx(5e-5)
+    with pytest.raises(ConfigError, match="expects a number"):
+        load_config(ExperimentConfig, write(tmp_path, "train:\n  lr: fast\n"))
