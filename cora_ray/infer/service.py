@@ -6,12 +6,14 @@ Nothing here imports Ray Serve, so every rule is testable in-process:
     job = catalog.resolve(req.user_id, req.item_ids, req.history, limits)   # 422-style errors name the ids
     engine = ScoringEngine(Scorer.from_checkpoint(uri, data_uri), options)
     [result] = engine.score_jobs([job])                          # many users' jobs → one batched forward
-    top = top_k(job.item_raw_ids, result.scores, k)
+    top = top_k(req.candidates, result.scores, k)                # (raw id, score), best first
 
 Cold start (DESIGN §3.6, issue 7): a user the dataset does not know, or one the CF backbone has no train
 interactions for, is scored with G = 0 — a zero collaborative delta, i.e. the plain LLM with the text
-prompt — and the response says `cold_start: true`. An item without a title cannot be put in a prompt: it is
-a client error that names the item.
+prompt — and the response says `cold_start: true`. (A checkpoint trained with
+`model.zero_delta_for_cold_users: false` keeps its generated G for dataset users the CF model does not know,
+so that served scores equal evaluated ones; they are still flagged.) An item without a title cannot be put
+in a prompt: it is a client error that names the item.
 
 The collaborative weight cache (cache.py) sits between the jobs and the generator: G(u, i) is looked up per
 (user, item) — plus the history for SASRec, whose user vector encodes it — and only the misses go through the
