@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cora_ray.errors import ModelError
+from cora_ray.model.dropout import SparseMaskDropout
 from cora_ray.model.targets import replace_targets
 
 
@@ -73,7 +74,9 @@ class CollabLinear(nn.Module):
         self.context = context
         self.rank = rank
         self.scaling = alpha / rank
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = (
+            SparseMaskDropout(dropout) if dropout > 0 else nn.Identity()
+        )  # = nn.Dropout, cheaper on CPU
         w = base_layer.weight
         self.P = nn.Parameter(
             torch.zeros(base_layer.out_features, rank, device=w.device, dtype=torch.float32)

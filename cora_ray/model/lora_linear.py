@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from cora_ray.model.dropout import SparseMaskDropout
 from cora_ray.model.targets import replace_targets
 
 
@@ -25,7 +26,9 @@ class LoRALinear(nn.Module):
         self.base_layer = base_layer
         self.rank = rank
         self.scaling = alpha / rank
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = (
+            SparseMaskDropout(dropout) if dropout > 0 else nn.Identity()
+        )  # = nn.Dropout, cheaper on CPU
         device = base_layer.weight.device
         self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features, device=device))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, device=device))
