@@ -244,12 +244,24 @@ def ensure_ray() -> Any:
     return ray
 
 
-def default_num_actors(ray: Any, use_gpu: bool, rows: int, ray_batch_size: int) -> int:
+MIN_RAY_BATCH = 16  # rows; below this an actor call costs more in overhead than it scores
+MAX_RAY_BATCH = {"cf": 8192, "llm": 128}
+
+
+def default_num_actors(ray: Any, use_gpu: bool, rows: int) -> int:
+    """One actor per CPU (or GPU) of the cluster, but no more than there are minimal batches of rows."""
     resources = ray.cluster_resources()
     want = int(resources.get("GPU", 0)) if use_gpu else int(resources.get("CPU", 1))
     if use_gpu and want == 0:
         raise ConfigError("use_gpu is set but the Ray cluster has no GPU")
-    return max(1, min(want, -(-rows // ray_batch_size)))
+    return max(1, min(want, -(-rows // MIN_RAY_BATCH)))
+
+
+def default_ray_batch_size(kind: str, rows: int, num_actors: int) -> int:
+    """Rows per map_batches call: about 4 calls per actor (so the pool stays balanced to the end), within
+    [MIN_RAY_BATCH, 128] for LLM scorers (large enough to length-bucket well) and up to 8192 for CF."""
+    cap = MAX_RAY_BATCH["cf" if kind == "cf" else "llm"]
+    return int(min(cap, max(MIN_RAY_BATCH, -(-rows // (4 * max(1, num_actors))))))
 
 
 def _cora_cause(exc: BaseException) -> CoraError | None:
@@ -291,10 +303,10 @@ def score_ray(
     ray = ensure_ray()
     from ray import data as ray_data
 
-    ray_batch_size = ray_batch_size or (8192 if source.kind == "cf" else 128)
     n = rows.num_rows
     if num_actors is None:
-        num_actors = default_num_actors(ray, use_gpu, n, ray_batch_size)
+        num_actors = default_num_actors(ray, use_gpu, n)
+    ray_batch_size = ray_batch_size or default_ray_batch_size(source.kind, n, num_actors)
     ctx = ray_data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar: ours, in rows
     blocks = max(num_actors, -(-n // ray_batch_size))

@@ -439,12 +439,14 @@ class Scorer:
         g_provider: GProvider | None = None,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
+        bucket: bool = True,
     ) -> np.ndarray:
         """Score rows → (n,) float32 logits in the given order.
 
         `G` (n, d_model, r): collaborative weights per row, aligned with the rows (serving's cache and cold
         start). `g_provider(user_ids, item_ids, history)`: called per batch to produce G instead. Neither:
-        the model generates G itself. `progress(k)` is called after each batch with its row count."""
+        the model generates G itself. `progress(k)` is called after each batch with its row count.
+        `bucket=False` keeps the given order for batching (for measuring what bucketing saves)."""
         users = as_id_array(user_ids, "user_ids")
         items = as_id_array(item_ids, "item_ids")
         n = len(items)
@@ -462,7 +464,7 @@ class Scorer:
             return out
         self._check_items(items, hists)
         bs = int(batch_size or self.batch_size)
-        order = self.bucket_order(items, hists)
+        order = self.bucket_order(items, hists) if bucket else np.arange(n)
         for start in range(0, n, bs):
             idx = order[start : start + bs]
             u, i, h = users[idx], items[idx], [hists[j] for j in idx]

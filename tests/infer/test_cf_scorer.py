@@ -19,7 +19,7 @@ def test_cf_scores_are_the_backbone_logits(tiny_artifacts):
     u, i, h = t["user_id"].to_numpy(), t["item_id"].to_numpy(), t["history"].to_pylist()
     mf = load_cf_artifact(tiny_artifacts.cf_uri)
     with torch.inference_mode():
-        ref = mf.score(torch.as_tensor(u), torch.as_tensor(i), pad_histories(h)).numpy()
+        ref = mf.score(torch.tensor(u), torch.tensor(i), pad_histories(h)).numpy()
     np.testing.assert_allclose(scorer.score(u, i, h), ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(
         scorer.score_rows({"user_id": u, "item_id": i, "history": h}), ref, rtol=1e-6, atol=1e-6
