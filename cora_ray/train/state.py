@@ -2,7 +2,8 @@
 
     <ckpt>/trainable.safetensors, manifest.json   the contract: what evaluation and serving load
     <ckpt>/train_state.json                       step, best AUC and its step, validations without improvement
-    <ckpt>/optimizer/rank-<r>.safetensors         AdamW state of rank r's ZeRO partition (optional)
+    <ckpt>/optimizer/rank-<r>.safetensors         AdamW moments of rank r's ZeRO partition (optional: 2x the
+                                                  size of trainable.safetensors in fp32)
 
 No pickle: the optimizer state is stored tensor by tensor (`g<group>.p<index>.<name>`) from the torch
 AdamW inside DeepSpeed (for ZeRO 1-3 its parameters are this rank's flat fp32 partitions). It is restored
@@ -60,14 +61,16 @@ def inner_optimizer(ds_optimizer: Any) -> torch.optim.Optimizer:
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """Every state tensor of the optimizer, plus its parameters (the fp32 master partitions)."""
+    """Every state tensor of the optimizer (AdamW: step, exp_avg, exp_avg_sq), keyed by group and position.
+
+    The parameters themselves (for ZeRO: this rank's fp32 master partition) are not stored: DeepSpeed builds
+    them from the module's weights, which are restored from trainable.safetensors first."""
     out: dict[str, torch.Tensor] = {}
     for gi, group in enumerate(optimizer.param_groups):
         for pi, p in enumerate(group["params"]):
-            out[f"g{gi}.p{pi}.param"] = p.detach().to("cpu").clone()
             for name, value in optimizer.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor):
-                    out[f"g{gi}.p{pi}.{name}"] = value.detach().to("cpu").clone().reshape(value.shape)
+                    out[f"g{gi}.p{pi}.{name}"] = value.detach().to("cpu").clone()
     return out
 
 
@@ -80,39 +83,34 @@ def save_optimizer_state(directory: str | Path, rank: int, ds_optimizer: Any) ->
 
 
 def load_optimizer_state(directory: str | Path, rank: int, ds_optimizer: Any) -> str | None:
-    """Restore this rank's optimizer state; returns None on success, else why it was not restored."""
+    """Restore this rank's optimizer state; returns None on success, else why it was not restored (then
+    nothing was changed)."""
     path = Path(directory) / OPTIMIZER_DIR / f"rank-{rank}.safetensors"
     if not path.is_file():
         return f"no optimizer state for rank {rank} in the checkpoint"
     saved = load_file(str(path))
     opt = inner_optimizer(ds_optimizer)
-    plan: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]] = []
+    plan: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+    used: set[str] = set()
     for gi, group in enumerate(opt.param_groups):
         for pi, p in enumerate(group["params"]):
-            key = f"g{gi}.p{pi}"
-            master = saved.get(f"{key}.param")
-            if master is None or master.shape != p.shape:
-                return f"optimizer partition {key} differs in shape (saved {None if master is None else tuple(master.shape)}, now {tuple(p.shape)})"
-            state = {
-                k.rsplit(".", 1)[1]: v
-                for k, v in saved.items()
-                if k.startswith(f"{key}.") and not k.endswith(".param")
-            }
-            plan.append((p, state, master))
-    expected = {
-        f"g{gi}.p{pi}.param" for gi, g in enumerate(opt.param_groups) for pi in range(len(g["params"]))
-    }
-    if {k for k in saved if k.endswith(".param")} != expected:
-        return "optimizer parameter groups differ from the checkpoint's"
-    with torch.no_grad():
-        for p, state, master in plan:
-            p.copy_(master.to(p.device, p.dtype))
-            restored = {}
+            prefix = f"g{gi}.p{pi}."
+            state = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
             for name, value in state.items():
-                if name == "step":
-                    restored[name] = value.to(torch.float32)  # AdamW keeps `step` as a CPU float tensor
-                else:
-                    restored[name] = value.to(p.device, p.dtype)
-            if restored:
-                opt.state[p] = restored
+                if name != "step" and tuple(value.shape) != tuple(p.shape):
+                    return (
+                        f"optimizer state {prefix}{name} has shape {tuple(value.shape)}, the partition now "
+                        f"{tuple(p.shape)} (another model size or partitioning)"
+                    )
+            used |= {prefix + k for k in state}
+            plan.append((p, state))
+    if used != set(saved):
+        return "the optimizer's parameter groups differ from the checkpoint's"
+    with torch.no_grad():
+        for p, state in plan:
+            if state:  # AdamW keeps `step` as a CPU float tensor
+                opt.state[p] = {
+                    k: v.to(torch.float32) if k == "step" else v.to(p.device, p.dtype)
+                    for k, v in state.items()
+                }
     return None

@@ -57,6 +57,9 @@ def head_node():
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # fixed defaults (agent 52365, client 10001) collide with the test session's own cluster
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
             "--block",
@@ -67,25 +70,37 @@ def head_node():
         start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
+    ray_cli = str(bin_dir / "ray")
     try:
-        deadline = time.time() + 180
+        # ready = a trivial job runs: the job server answers first, the agent that runs jobs comes a little later
+        deadline, out = time.time() + 300, ""
         while time.time() < deadline:
+            assert head.poll() is None, "ray start --head exited"
             r = subprocess.run(
-                [str(bin_dir / "ray"), "job", "list", "--address", address], env=env, capture_output=True
+                [ray_cli, "job", "submit", "--address", address, "--", "python", "-c", "print('ready')"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
+            out = r.stdout + r.stderr
             if r.returncode == 0:
                 break
-            assert head.poll() is None, "ray start --head exited"
-            time.sleep(2)
+            time.sleep(3)
         else:
-            pytest.fail("the head node's job server did not come up in 180 s")
+            agent_log = Path(temp_dir, "session_latest", "logs", "dashboard_agent.log")
+            tail = agent_log.read_text()[-2000:] if agent_log.is_file() else "(no agent log)"
+            pytest.fail(f"the head node did not run a job within 300 s:\n{out[-1500:]}\nagent log:\n{tail}")
         yield address, env
     finally:
         try:
             os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)  # every process of this head node, none of any other
+            head.wait(timeout=30)
+        except ProcessLookupError:
+            pass
         subprocess.run(["rm", "-rf", temp_dir], check=False)
 
 
@@ -119,11 +134,7 @@ def test_ray_job_submit_trains_and_prints_the_best_checkpoint(head_node, tiny_in
         str(root),
         *overrides,
     ]
-    for _ in range(20):  # the dashboard agent that runs jobs starts a little after the job server answers
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
-        if "No available agent" not in r.stdout + r.stderr:
-            break
-        time.sleep(3)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "succeeded" in out
