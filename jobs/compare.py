@@ -2,6 +2,7 @@
 
     python jobs/compare.py --config configs/compare_ml1m_cpu.yaml
     python jobs/compare.py --config configs/compare_ml1m_cpu.yaml limit=400 out=results/quick
+    python jobs/compare.py --config configs/compare_ml1m_cpu.yaml --only MF,LightGCN,SASRec   # CF rows now
     python jobs/compare.py --config configs/compare_ml1m_paper.yaml --collect-only
 
 Each method's results land in <out>/runs/<method>/ (metrics.json, report.md, per-row scores) and are
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         "--collect-only", action="store_true", help="never evaluate or produce; tabulate what exists"
     )
     p.add_argument("--strict", action="store_true", help="a method that cannot be run is an error")
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated methods to run now (e.g. MF,LightGCN,SASRec); the others are only collected",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the config")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -44,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             collect_only=args.collect_only,
             strict=args.strict,
             progress=not args.no_progress,
+            only=[name.strip() for name in args.only.split(",") if name.strip()] if args.only else None,
         )
     except CoraError as exc:
         print(f"error: {exc}", file=sys.stderr)

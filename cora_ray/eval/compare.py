@@ -182,9 +182,17 @@ def run_compare(
     strict: bool = False,
     progress: bool = True,
     log=None,
+    only: list[str] | tuple[str, ...] | None = None,
 ) -> dict:
-    """Run or collect every method, write comparison.md / .png / .json under `cfg.out`. Returns the summary."""
+    """Run or collect every method, write comparison.md / .png / .json under `cfg.out`. Returns the summary.
+
+    `only`: names of the methods that may be evaluated (or produced) in this run; the others are only
+    collected from earlier results. Unknown names are a ConfigError."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    names = [m.name for m in cfg.methods]
+    unknown = [n for n in (only or []) if n not in names]
+    if unknown:
+        raise ConfigError(f"--only: unknown method(s) {unknown}; the config has {names}")
     t0 = time.perf_counter()
     endpoint = cfg.s3_endpoint
     data_manifest = protocol.read_manifest(cfg.data, endpoint)
@@ -208,7 +216,7 @@ def run_compare(
                     log(
                         f"[{method.name}] results at {run_uri} were made with other data/splits/limit/seed: re-running"
                     )
-            if doc is None and not collect_only:
+            if doc is None and not collect_only and (only is None or method.name in only):
                 if not _artifact_exists(method, endpoint) and method.produce:
                     _produce(method, log)
                 if _artifact_exists(method, endpoint):

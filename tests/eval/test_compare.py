@@ -132,3 +132,50 @@ def test_shipped_compare_configs_load(name):
     names = [m.name for m in cfg.methods]
     for required in ("MF", "LightGCN", "SASRec", "Zero-shot", "TALLRec", "CoLLM-MF", "CoRA-MF"):
         assert required in names
+
+
+def test_only_runs_the_named_methods_and_collects_the_rest(tiny_artifacts, tmp_path):
+    cfg = load_compare_config(str(write_config(tmp_path, tiny_artifacts, out=str(tmp_path / "only"))))
+    summary = run_compare(cfg, only=["MF", "TALLRec"], progress=False, log=lambda _: None)
+    ran = {m["name"] for m in summary["methods"] if m["metrics"] is not None}
+    assert ran == {"MF", "TALLRec"}
+    with pytest.raises(ConfigError, match="unknown method"):
+        run_compare(cfg, only=["MFF"], progress=False, log=lambda _: None)
+
+
+@pytest.mark.slow
+def test_command_line_runs_only_the_named_methods(tiny_artifacts, tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    path = write_config(tmp_path, tiny_artifacts, out=str(tmp_path / "cli"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "jobs" / "compare.py"),
+            "--config",
+            str(path),
+            "--only",
+            "MF",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "cli" / "comparison.json").read_text())
+    assert [m["name"] for m in data["methods"] if m["metrics"]] == ["MF"]
+    assert "| Zero-shot (not run)" in r.stdout
+    bad = subprocess.run(
+        [sys.executable, str(repo / "jobs" / "compare.py"), "--config", str(path), "--only", "Nope"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "unknown method" in bad.stderr
