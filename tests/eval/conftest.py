@@ -14,6 +14,6 @@ if str(INFER_TESTS) not in sys.path:
 
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory):
-    from tiny_setup import build_tiny_artifacts
+    from tiny_setup import shared_tiny_artifacts
 
-    return build_tiny_artifacts(tmp_path_factory.mktemp("tiny_eval"))
+    return shared_tiny_artifacts(tmp_path_factory)

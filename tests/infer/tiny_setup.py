@@ -151,3 +151,13 @@ def build_tiny_artifacts(root: str | Path, users: int = 30, items: int = 40, see
     write_tiny_checkpoint(art, str(root / "run_cora" / "checkpoint_000001"), "cora", seed=12, valid_auc=0.61)
     write_tiny_checkpoint(art, str(root / "run_cora" / "checkpoint_000002"), "cora", seed=13, valid_auc=0.58)
     return art
+
+
+_SHARED: dict[str, TinyArtifacts] = {}
+
+
+def shared_tiny_artifacts(tmp_path_factory) -> TinyArtifacts:
+    """One set per test session, shared by tests/infer and tests/eval (both conftests import this module)."""
+    if "art" not in _SHARED:
+        _SHARED["art"] = build_tiny_artifacts(tmp_path_factory.mktemp("tiny_eval"))
+    return _SHARED["art"]
