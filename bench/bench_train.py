@@ -47,7 +47,6 @@ def train_run(config: str, workers: int, steps: int, storage: Path, extra: list[
         "train.eval_limit=16",
         "train.log_every=1",
         f"train.storage_path={storage}",
-        f"train.run_name=bench-{workers}w",
         *extra,
     ]
     cfg = resolve_local_paths(load_config(ExperimentConfig, config, overrides), REPO)
@@ -113,18 +112,28 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument(
+        "--repeats", type=int, default=2, help="runs per layout, in A B B A order (shared machine)"
+    )
     p.add_argument("--pipeline-rows", type=int, default=8000)
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
 
     storage = Path(tempfile.mkdtemp(prefix="cora_bench_train_"))
-    runs = {w: train_run(args.config, w, args.steps, storage, args.overrides) for w in (1, 2)}
-    for r in runs.values():
-        print(
-            f"[bench] {r['workers']} worker(s): {r['samples_per_s']:.2f} samples/s (median step {r['median_step_s']:.2f} s)"
+    order = ([1, 2, 2, 1] * args.repeats)[: 2 * args.repeats]
+    all_runs: dict[int, list[dict]] = {1: [], 2: []}
+    for i, w in enumerate(order):
+        r = train_run(
+            args.config, w, args.steps, storage, [*args.overrides, f"train.run_name=bench-{w}w-{i}"]
         )
-    config = {"config": args.config, "steps": args.steps, "overrides": args.overrides, "runs": runs}
+        all_runs[w].append(r)
+        print(
+            f"[bench] {w} worker(s): {r['samples_per_s']:.2f} samples/s (median step {r['median_step_s']:.2f} s)"
+        )
+    # per layout, the best run: a shared machine only ever slows a run down
+    runs = {w: max(rs, key=lambda r: r["samples_per_s"]) for w, rs in all_runs.items()}
+    config = {"config": args.config, "steps": args.steps, "overrides": args.overrides, "runs": all_runs}
     write_result(
         "train_throughput",
         value=runs[2]["samples_per_s"],

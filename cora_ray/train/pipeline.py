@@ -110,7 +110,7 @@ def split_dataset(
     import ray.data
 
     fs, path = storage.filesystem(protocol.split_dir(data_uri, split), endpoint)
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=READ_COLUMNS)
+    ds = ray.data.read_parquet(path, filesystem=fs).select_columns(READ_COLUMNS)
     if keep_keys is not None:
         ds = ds.map_batches(_keep_rows, fn_args=(np.unique(keep_keys),), batch_format="numpy", num_cpus=0.25)
     if global_shuffle:
@@ -122,7 +122,7 @@ def split_dataset(
         fn_constructor_args=(encoder_factory,),
         batch_size=map_batch_size,
         batch_format="numpy",
-        concurrency=encoder_actors,
+        compute=ray.data.ActorPoolStrategy(size=encoder_actors),
         num_cpus=encoder_cpus,
     )
 

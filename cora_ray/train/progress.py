@@ -196,7 +196,8 @@ class Progress:
         self._write(record)
         if self._writer is not None:
             for k, v in self.last_valid.items():
-                self._writer.add_scalar(f"valid/{k.removeprefix('valid_')}", v, step)
+                if math.isfinite(v):  # UAUC is NaN when no user has both labels in a small sample
+                    self._writer.add_scalar(f"valid/{k.removeprefix('valid_')}", v, step)
         say(
             f"[valid] step {step}/{self.max_steps} | auc {auc:.4f} | uauc {metrics.get('valid_uauc', float('nan')):.4f} "
             f"| rows {metrics.get('valid_rows')} | best {self.best_auc:.4f} @ {self.best_step} | {seconds:.1f} s"
