@@ -10,6 +10,7 @@ override) it came from. Override values are parsed as YAML scalars (`1e-4` → f
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import yaml
 from cora_ray.errors import ConfigError
 
 T = TypeVar("T")
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 # ---------------------------------------------------------------------------------------------------------
 # generic machinery
@@ -68,7 +70,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: key '{key}' expects a mapping (section {tp.__name__}), got {value!r}")
+            raise ConfigError(
+                f"{source}: key '{key}' expects a mapping (section {tp.__name__}), got {value!r}"
+            )
         return _from_dict(tp, value, source, prefix=f"{key}.")
     if tp is bool:
         if not isinstance(value, bool):
@@ -79,6 +83,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: key '{key}' expects an int, got {value!r}")
         return value
     if tp is float:
+        # PyYAML reads `1e-3` (no dot) as a string; accept the scientific forms people type.
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: key '{key}' expects a number, got {value!r}")
         return float(value)
@@ -231,7 +238,10 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_history >= 0, f"prompt.max_history must be >= 0, got {self.max_history}")
-        _check(self.max_prompt_tokens > 16, f"prompt.max_prompt_tokens must be > 16, got {self.max_prompt_tokens}")
+        _check(
+            self.max_prompt_tokens > 16,
+            f"prompt.max_prompt_tokens must be > 16, got {self.max_prompt_tokens}",
+        )
         for name in ("{history}", "{target}"):
             _check(name in self.template, f"prompt.template must contain {name}")
 
@@ -330,7 +340,9 @@ class TrainConfig:
     shuffle_buffer_rows: int = 1024  # per-worker local shuffle buffer of encoded rows (0: none)
     cpu_threads_per_worker: int | None = None  # torch threads per worker on CPU (None: cores / num_workers)
     save_optimizer_state: bool = True  # AdamW moments per rank in each checkpoint (exact resume)
-    accelerator_type: str | None = None  # GPU runs: ScalingConfig(accelerator_type=...), e.g. "A100" (cluster.yaml)
+    accelerator_type: str | None = (
+        None  # GPU runs: ScalingConfig(accelerator_type=...), e.g. "A100" (cluster.yaml)
+    )
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
@@ -340,16 +352,27 @@ class TrainConfig:
         _check(self.grad_accum_steps > 0, f"train.grad_accum_steps must be > 0, got {self.grad_accum_steps}")
         _check(self.max_steps > 0, f"train.max_steps must be > 0, got {self.max_steps}")
         _check(self.eval_every > 0, f"train.eval_every must be > 0, got {self.eval_every}")
-        _check(self.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        _check(
+            self.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}"
+        )
         _check(self.num_workers > 0, f"train.num_workers must be > 0, got {self.num_workers}")
-        _check(self.checkpoints_to_keep > 0, f"train.checkpoints_to_keep must be > 0, got {self.checkpoints_to_keep}")
+        _check(
+            self.checkpoints_to_keep > 0,
+            f"train.checkpoints_to_keep must be > 0, got {self.checkpoints_to_keep}",
+        )
         _check(self.patience > 0, f"train.patience must be > 0, got {self.patience}")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.warmup_start_lr >= 0, f"train.warmup_start_lr must be >= 0, got {self.warmup_start_lr}")
-        _check(self.max_failures >= -1, f"train.max_failures must be >= -1 (-1: unlimited), got {self.max_failures}")
+        _check(
+            self.max_failures >= -1,
+            f"train.max_failures must be >= -1 (-1: unlimited), got {self.max_failures}",
+        )
         _check(self.log_every > 0, f"train.log_every must be > 0, got {self.log_every}")
-        _check(self.shuffle_buffer_rows >= 0, f"train.shuffle_buffer_rows must be >= 0, got {self.shuffle_buffer_rows}")
+        _check(
+            self.shuffle_buffer_rows >= 0,
+            f"train.shuffle_buffer_rows must be >= 0, got {self.shuffle_buffer_rows}",
+        )
         for name in ("eval_limit", "eval_batch_size", "cpu_threads_per_worker"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"train.{name} must be > 0 (or null), got {value}")
