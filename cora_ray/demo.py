@@ -56,6 +56,19 @@ def _complete(root: Path, rel: str) -> bool:
     return (root / rel / storage.MANIFEST).is_file()
 
 
+def _checkpoint_matches_cf(root: Path, plan: DemoPlan) -> bool:
+    """Whether the published checkpoint was trained with the MF artifact now at `plan.cf` (else: retrain)."""
+    ckpt = json.loads((root / plan.checkpoint / storage.MANIFEST).read_text())
+    cf = json.loads((root / plan.cf / storage.MANIFEST).read_text())
+    recorded = (ckpt.get("cf_artifact") or {}).get("hash")
+    if recorded != cf.get("hash"):
+        print(
+            f"[demo] {plan.checkpoint} was trained with another MF artifact ({recorded} != {cf.get('hash')}): retraining"
+        )
+        return False
+    return True
+
+
 def _publish_checkpoint(src: str, dest: Path) -> None:
     """Copy the best checkpoint to the stable demo path, atomically (temp sibling + rename)."""
     with storage.atomic_dir(str(dest), overwrite=True) as tmp:
@@ -90,7 +103,7 @@ def run_demo(plan: DemoPlan) -> dict:
             "pretrain_cf",
         )
 
-    if _complete(root, plan.checkpoint) and not plan.train_overrides:
+    if _complete(root, plan.checkpoint) and not plan.train_overrides and _checkpoint_matches_cf(root, plan):
         print(f"[demo] reusing the CoRA-MF checkpoint at {plan.checkpoint} (delete it to train again)")
     else:
         run_name = time.strftime("demo-%Y%m%d-%H%M%S")
