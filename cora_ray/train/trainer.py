@@ -33,6 +33,7 @@ from cora_ray import storage
 from cora_ray.config import ExperimentConfig, to_dict
 from cora_ray.data import protocol
 from cora_ray.errors import ConfigError, DataError, StorageError
+from cora_ray.train import ray_setup
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's run state, in <storage_path>/<run>/
 SUMMARY_FILE = "summary.json"
@@ -362,7 +363,7 @@ def ensure_ray(cfg: ExperimentConfig, num_cpus: int | None = None) -> bool:
     ray.init(
         num_cpus=num_cpus or max(4, 2 * cfg.train.num_workers),
         include_dashboard=False,
-        runtime_env={"env_vars": env},
+        runtime_env={"env_vars": env, "worker_process_setup_hook": ray_setup.HOOK},
     )
     return True
 
