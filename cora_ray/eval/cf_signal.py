@@ -7,6 +7,9 @@ from other rows' (user, item) pairs, and with G = 0, and compare the metrics.
 - `shuffled`: every row gets the G of another row of the sample (a seeded permutation of (user, item) pairs;
   the text prompt is unchanged). If the model uses the CF vectors, this hurts; if not, nothing changes.
 - `zero`: no delta at all (the plain LLM with the prompt; what cold-start users get).
+- `generated_for_cold`: the checkpoint's G, but users the CF model does not know get a G generated from their
+  (untrained) CF vector instead of G = 0 — `model.zero_delta_for_cold_users: false`, the authors' rule.
+  Training never shows the model a zero G (every train user is known), so this measures what zeroing costs.
 
 Also reported: how much G varies across rows — the mean cosine similarity between the G of two different
 rows (1.0 means every row gets the same delta: the generator has collapsed to a shared LoRA), and the
@@ -26,7 +29,7 @@ import torch
 from cora_ray.errors import ModelError
 from cora_ray.eval.evaluate import select_rows, split_metrics
 
-VARIANTS = ("own", "shuffled", "zero")
+VARIANTS = ("own", "shuffled", "zero", "generated_for_cold")
 
 
 def g_similarity(G: torch.Tensor, pairs: int = 2000, seed: int = 0) -> dict[str, float]:
@@ -71,6 +74,13 @@ def cf_signal(
     G_shuffled = G_own[torch.as_tensor(perm, device=G_own.device)]
     known = scorer.knows_user(users).astype(bool)
     G_variants = {"own": G_own, "shuffled": G_shuffled, "zero": torch.zeros_like(G_own)}
+    model_cfg = scorer.model.cfg
+    zeroing = model_cfg.zero_delta_for_cold_users
+    model_cfg.zero_delta_for_cold_users = False
+    try:
+        G_variants["generated_for_cold"] = scorer.compute_G(users, items, hists)
+    finally:
+        model_cfg.zero_delta_for_cold_users = zeroing
 
     out: dict[str, Any] = {
         "split": split,
@@ -79,6 +89,7 @@ def cf_signal(
         "seed": seed,
         "limit": limit,
         "rows_with_known_user": int(known.sum()),
+        "zero_delta_for_cold_users": bool(zeroing),
         "g_cosine_between_rows": g_similarity(G_own[torch.as_tensor(known, device=G_own.device)])
         if known.sum() >= 2
         else None,
@@ -115,6 +126,7 @@ def cf_signal_markdown(doc: dict, title: str) -> str:
         "own": "its own (normal scoring)",
         "shuffled": "another row's (shuffled users/items)",
         "zero": "none (G = 0: plain LLM)",
+        "generated_for_cold": "its own, generated for cold users too",
     }
     for name in VARIANTS:
         m = doc["variants"][name]

@@ -8,11 +8,11 @@ Nothing here imports Ray Serve, so every rule is testable in-process:
     [result] = engine.score_jobs([job])                          # many users' jobs → one batched forward
     top = top_k(req.candidates, result.scores, k)                # (raw id, score), best first
 
-Cold start (DESIGN §3.6, issue 7): a user the dataset does not know, or one the CF backbone has no train
-interactions for, is scored with G = 0 — a zero collaborative delta, i.e. the plain LLM with the text
-prompt — and the response says `cold_start: true`. (A checkpoint trained with
-`model.zero_delta_for_cold_users: false` keeps its generated G for dataset users the CF model does not know,
-so that served scores equal evaluated ones; they are still flagged.) An item without a title cannot be put
+Cold start (DESIGN §3.6, issue 7): a user the dataset does not know is scored with G = 0 — a zero
+collaborative delta, i.e. the plain LLM with the text prompt — and the response says `cold_start: true`.
+A dataset user the CF backbone has no train interactions for is flagged the same way and scored by the rule
+the checkpoint was trained and evaluated with, so that served scores equal evaluated ones: a G generated
+from the user's (untrained) CF vector (`model.zero_delta_for_cold_users: false`, the default) or G = 0. An item without a title cannot be put
 in a prompt: it is a client error that names the item.
 
 The collaborative weight cache (cache.py) sits between the jobs and the generator: G(u, i) is looked up per
@@ -351,10 +351,10 @@ class ScorerAdapter:
 
     @property
     def zero_delta_for_cold_users(self) -> bool:
-        """The checkpoint's rule for dataset users the CF model does not know: G = 0 (default) or a G
-        generated from their (untrained) CF vector, as the authors' code does. Serving follows the rule
-        the checkpoint was evaluated with, so served scores equal evaluated ones; users outside the
-        dataset always get G = 0 (they have no CF vector at all)."""
+        """The checkpoint's rule for dataset users the CF model does not know: a G generated from their
+        (untrained) CF vector (ModelConfig's default, as the authors' code does) or G = 0. Serving follows
+        the rule the checkpoint was evaluated with, so served scores equal evaluated ones; users outside the
+        dataset always get G = 0 (they have no CF vector at all), as does a scorer without a config."""
         config = getattr(self.scorer, "config", None)
         model = getattr(config, "model", None)
         return bool(getattr(model, "zero_delta_for_cold_users", True))

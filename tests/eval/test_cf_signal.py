@@ -34,6 +34,11 @@ def test_own_variant_equals_normal_scoring_and_the_others_differ(tiny_artifacts)
     means = {name: doc["variants"][name]["score_mean"] for name in ("own", "shuffled", "zero")}
     assert means["zero"] != pytest.approx(means["own"], abs=1e-6)
     assert 0.0 < doc["g_cosine_between_rows"]["mean"] <= 1.0 + 1e-6
+    # the tiny CF model knows only train users; the test sample has others, whose G differs by the rule
+    assert doc["rows_with_known_user"] < doc["rows"]
+    cold_rule = doc["variants"]["generated_for_cold"]["score_mean"]
+    assert cold_rule != pytest.approx(means["own"], abs=1e-6)
+    assert scorer.model.cfg.zero_delta_for_cold_users is True  # restored
     md = cf_signal_markdown(doc, "tiny")
     assert "shuffled" in md and "| none (G = 0: plain LLM) |" in md
 
@@ -67,7 +72,7 @@ def test_job_writes_json_and_markdown_and_refuses_to_overwrite(tiny_artifacts, t
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     doc = json.loads((out / "cf_signal.json").read_text())
-    assert set(doc["variants"]) == {"own", "shuffled", "zero"}
+    assert set(doc["variants"]) == {"own", "shuffled", "zero", "generated_for_cold"}
     assert (out / "cf_signal.md").read_text().startswith("# CF signal of")
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 2 and "already holds results" in again.stderr

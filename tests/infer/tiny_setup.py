@@ -56,6 +56,7 @@ class TinyArtifacts:
                 collm_hidden=32,
                 lora_rank=4,
                 lora_alpha=8.0,
+                zero_delta_for_cold_users=True,  # the tests cover the zero-delta rule (serving's cold start)
             ),
         )
 

@@ -143,8 +143,8 @@ def test_precomputed_G_gives_the_same_scores(tiny):
         assert G.shape == (6, 64, 4)
 
 
-def test_cold_users_get_a_zero_delta(tiny):
-    model = _cora(tiny)
+def test_cold_users_get_a_zero_delta_when_configured(tiny):
+    model = _cora(tiny, zero_delta_for_cold_users=True)
     tiny.randomize_P(model)
     batch = tiny.batch()
     batch["user_id"][[1, 4]] = tiny.COLD_USER
@@ -157,8 +157,9 @@ def test_cold_users_get_a_zero_delta(tiny):
     assert not torch.allclose(scores[[0, 2]], frozen[[0, 2]], atol=1e-3)
 
 
-def test_cold_mask_can_be_switched_off(tiny):
-    model = _cora(tiny, zero_delta_for_cold_users=False)
+def test_cold_users_get_a_generated_delta_by_default(tiny):
+    model = _cora(tiny)
+    assert model.cfg.zero_delta_for_cold_users is False
     user = torch.tensor([tiny.COLD_USER])
     with torch.no_grad():
         assert torch.count_nonzero(model.compute_G(user, torch.tensor([1]))) > 0

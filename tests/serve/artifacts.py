@@ -97,6 +97,7 @@ def build_tiny_setup(
             rank=rank,
             alpha=2.0 * rank,
             generator=GeneratorConfig(**{**SMALL_GENERATOR, **(generator or {})}),
+            zero_delta_for_cold_users=True,  # the tests cover the zero-delta rule (serving's cold start)
         ),
     )
     uris = []
