@@ -246,6 +246,15 @@ def atomic_dir(uri: str, endpoint: str | None = None, overwrite: bool = False) -
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def refuse_existing(
+    uri: str, what: str = "a complete artifact", overwrite: bool = False, endpoint: str | None = None
+) -> None:
+    """Before expensive work: refuse an output location that already holds a published result
+    (its manifest.json) unless `overwrite` — the check `atomic_dir` makes again when it publishes."""
+    if not overwrite and exists(join(uri, MANIFEST), endpoint):
+        raise StorageError(f"{uri} already holds {what} (manifest.json); pass --overwrite to replace it")
+
+
 def _require_local_manifest(tmp: Path, uri: str) -> None:
     if not (tmp / MANIFEST).is_file():
         raise StorageError(f"refusing to publish {uri}: the staged directory has no {MANIFEST}")

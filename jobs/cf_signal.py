@@ -29,13 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     from cora_ray import storage
-    from cora_ray.errors import CoraError, StorageError
+    from cora_ray.errors import CoraError
     from cora_ray.eval.cf_signal import cf_signal, cf_signal_markdown
     from cora_ray.infer.scorer import Scorer
 
     try:
-        if storage.exists(storage.join(args.out, storage.MANIFEST)) and not args.overwrite:
-            raise StorageError(f"{args.out} already holds results (manifest.json); pass --overwrite")
+        storage.refuse_existing(args.out, "results", args.overwrite)
         scorer = Scorer.from_checkpoint(args.checkpoint, data_uri=args.data)
         doc = cf_signal(
             scorer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cora_ray import storage
 from cora_ray.cf.config import CFTrainConfig
 from cora_ray.data import protocol
-from cora_ray.errors import DataError, StorageError
+from cora_ray.errors import DataError
 
 
 def check_inputs(data_uri: str, cfg: CFTrainConfig, endpoint: str | None = None) -> dict:
@@ -27,5 +27,4 @@ def check_inputs(data_uri: str, cfg: CFTrainConfig, endpoint: str | None = None)
 
 def check_out(out_uri: str, overwrite: bool, endpoint: str | None = None) -> None:
     """Refuse to start a run whose result could not be published."""
-    if not overwrite and storage.exists(storage.join(out_uri, storage.MANIFEST), endpoint):
-        raise StorageError(f"{out_uri} already holds a complete artifact; pass --overwrite to replace it")
+    storage.refuse_existing(out_uri, "a complete artifact", overwrite, endpoint)

@@ -426,10 +426,8 @@ def evaluate(
         raise ConfigError(f"limit must be > 0, got {limit}")
     if num_actors is not None and num_actors < 0:
         raise ConfigError(f"num_actors must be >= 0, got {num_actors}")
-    if out is not None and storage.exists(storage.join(out, storage.MANIFEST), endpoint) and not overwrite:
-        raise StorageError(
-            f"{out} already holds an evaluation (manifest.json); pass --overwrite to replace it"
-        )
+    if out is not None:
+        storage.refuse_existing(out, "an evaluation", overwrite, endpoint)
     pre = source.preflight()
     data_uri = pre["data_uri"]
     source.data_uri = data_uri
