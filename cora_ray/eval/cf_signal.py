@@ -61,26 +61,23 @@ def cf_signal(
             f"method {scorer.method!r} has no collaborative weights (G): the diagnostic needs a CoRA checkpoint"
         )
     rows, selection, population = select_rows(data_uri, [split], limit, seed, endpoint)
-    keys = rows["_key"].to_numpy()
-    pos = np.searchsorted(keys, selection[split])
-    users = rows["user_id"].to_numpy()[pos]
-    items = rows["item_id"].to_numpy()[pos]
-    labels = rows["label"].to_numpy()[pos]
-    hists = [rows["history"][int(p)].as_py() for p in pos]
+    rows = rows.take(np.searchsorted(rows["_key"].to_numpy(), selection[split]))
+    users = rows["user_id"].to_numpy()
+    items = rows["item_id"].to_numpy()
+    labels = rows["label"].to_numpy()
+    hists = rows["history"].to_pylist()
 
     t0 = time.perf_counter()
     G_own = scorer.compute_G(users, items, hists)  # (n, d_model, r); zero rows for cold users
     perm = np.random.default_rng(seed).permutation(len(users))
     G_shuffled = G_own[torch.as_tensor(perm, device=G_own.device)]
     known = scorer.knows_user(users).astype(bool)
-    G_variants = {"own": G_own, "shuffled": G_shuffled, "zero": torch.zeros_like(G_own)}
-    model_cfg = scorer.model.cfg
-    zeroing = model_cfg.zero_delta_for_cold_users
-    model_cfg.zero_delta_for_cold_users = False
-    try:
-        G_variants["generated_for_cold"] = scorer.compute_G(users, items, hists)
-    finally:
-        model_cfg.zero_delta_for_cold_users = zeroing
+    G_variants = {
+        "own": G_own,
+        "shuffled": G_shuffled,
+        "zero": torch.zeros_like(G_own),
+        "generated_for_cold": scorer.compute_G(users, items, hists, zero_cold_users=False),
+    }
 
     out: dict[str, Any] = {
         "split": split,
@@ -89,7 +86,7 @@ def cf_signal(
         "seed": seed,
         "limit": limit,
         "rows_with_known_user": int(known.sum()),
-        "zero_delta_for_cold_users": bool(zeroing),
+        "zero_delta_for_cold_users": bool(scorer.config.model.zero_delta_for_cold_users),
         "g_cosine_between_rows": g_similarity(G_own[torch.as_tensor(known, device=G_own.device)])
         if known.sum() >= 2
         else None,

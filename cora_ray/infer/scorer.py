@@ -398,8 +398,11 @@ class Scorer:
         dtype = getattr(self.llm, "dtype", None)
         return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
-    def compute_G(self, user_ids: Any, item_ids: Any, histories: Any) -> torch.Tensor:
-        """(B, d_model, r) collaborative weights of rows, on the model's device (for caching in serving)."""
+    def compute_G(
+        self, user_ids: Any, item_ids: Any, histories: Any, zero_cold_users: bool | None = None
+    ) -> torch.Tensor:
+        """(B, d_model, r) collaborative weights of rows, on the model's device (for caching in serving).
+        `zero_cold_users` overrides the checkpoint's cold-user rule (None: the checkpoint's)."""
         if not self.uses_collab_weights:
             raise ModelError(f"method {self.method!r} has no collaborative weights (G)")
         users = as_id_array(user_ids, "user_ids")
@@ -410,6 +413,7 @@ class Scorer:
                 torch.as_tensor(users, dtype=torch.long, device=self.device),
                 torch.as_tensor(items, dtype=torch.long, device=self.device),
                 hist.to(self.device),
+                zero_cold_users=zero_cold_users,
             )
 
     # -- raw rows path ---------------------------------------------------------------------------------

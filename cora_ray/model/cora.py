@@ -55,13 +55,18 @@ class CoRAModel(RecModel):
         return True
 
     def compute_G(
-        self, user_id: torch.Tensor, item_id: torch.Tensor, history: torch.Tensor | None = None
+        self,
+        user_id: torch.Tensor,
+        item_id: torch.Tensor,
+        history: torch.Tensor | None = None,
+        zero_cold_users: bool | None = None,
     ) -> torch.Tensor:
-        """(B,), (B,), (B, H) → G (B, d_model, r); zero for rows whose user is cold (when configured)."""
+        """(B,), (B,), (B, H) → G (B, d_model, r); zero for rows whose user is cold when `zero_cold_users`
+        (None: the configured `zero_delta_for_cold_users`)."""
         with torch.no_grad():  # frozen CF: its vectors are inputs, not something to differentiate
             e_u, e_i = self.cf.embed(user_id, item_id, history)  # (B, D) each
         G = self.generator(e_u, e_i)  # (B, d_model, r)
-        if self.cfg.zero_delta_for_cold_users:
+        if self.cfg.zero_delta_for_cold_users if zero_cold_users is None else zero_cold_users:
             known = self.cf.knows_user(user_id).to(device=G.device, dtype=G.dtype)  # (B,) 1 known, 0 cold
             G = G * known[:, None, None]
         return G
