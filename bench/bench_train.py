@@ -33,6 +33,8 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 from common import RESULTS, markdown, write_result  # noqa: E402
 
+from cora_ray.storage import display_uri  # noqa: E402
+
 
 def train_run(config: str, workers: int, steps: int, storage: Path, extra: list[str]) -> dict:
     """One TorchTrainer run; returns its steady-state samples/s and timings from progress.jsonl."""
@@ -133,7 +135,12 @@ def main(argv: list[str]) -> int:
         )
     # per layout, the best run: a shared machine only ever slows a run down
     runs = {w: max(rs, key=lambda r: r["samples_per_s"]) for w, rs in all_runs.items()}
-    config = {"config": args.config, "steps": args.steps, "overrides": args.overrides, "runs": all_runs}
+    config = {
+        "config": display_uri(args.config, REPO),
+        "steps": args.steps,
+        "overrides": args.overrides,
+        "runs": all_runs,
+    }
     write_result(
         "train_throughput",
         value=runs[2]["samples_per_s"],
@@ -159,7 +166,7 @@ def main(argv: list[str]) -> int:
             value=pipe["rows_per_s"],
             baseline=best["samples_per_s"],
             unit="rows/s",
-            config={"config": args.config, "pipeline": pipe, "training": best},
+            config={"config": display_uri(args.config, REPO), "pipeline": pipe, "training": best},
             title="Ray Data ingest rows/s vs training consumption (samples/s)",
             value_label="Ray Data: read_parquet + random_shuffle + prompts + tokenise (map_batches)",
             baseline_label=f"training, {best['workers']} worker(s)",

@@ -44,6 +44,18 @@ def join(uri: str, *parts: str) -> str:
     return str(Path(uri, *parts))
 
 
+def display_uri(uri: str | None, root: str | Path | None = None) -> str | None:
+    """`uri` as a report should show it: a local path under `root` (default: the working directory) relative
+    to it, so committed results name no machine paths; anything else (s3://, paths elsewhere) unchanged."""
+    if uri is None or is_s3(uri):
+        return uri
+    base = Path(root if root is not None else Path.cwd()).absolute()
+    try:
+        return str(Path(uri).absolute().relative_to(base))
+    except ValueError:
+        return str(uri)
+
+
 def s3_endpoint(endpoint: str | None = None) -> str | None:
     return endpoint or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
 

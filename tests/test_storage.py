@@ -58,6 +58,18 @@ def test_atomic_dir_publishes_only_complete_directories(tmp_path):
     assert storage.read_manifest(str(dest)) == {"v": 2} and leftovers(tmp_path) == []
 
 
+def test_display_uri_names_no_machine_paths_under_the_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "runs" / "r" / "checkpoint_1"
+    assert storage.display_uri(str(ckpt)) == "runs/r/checkpoint_1"
+    assert storage.display_uri("runs/r") == "runs/r"
+    assert storage.display_uri(str(ckpt), root=tmp_path / "runs") == "r/checkpoint_1"
+    # outside the root, S3 and None stay as they are
+    assert storage.display_uri("/elsewhere/ckpt") == "/elsewhere/ckpt"
+    assert storage.display_uri("s3://bucket/runs/r") == "s3://bucket/runs/r"
+    assert storage.display_uri(None) is None
+
+
 def test_directory_without_manifest_is_refused(tmp_path):
     out = tmp_path / "ds"
     prepare("synthetic", str(out), progress=quiet)

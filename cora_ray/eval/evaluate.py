@@ -368,9 +368,12 @@ def score_ray(
 
 def _source_info(source: ScorerSource, pre: dict) -> dict:
     m = pre.get("manifest") or {}
-    info: dict[str, Any] = {"kind": source.kind, "uri": source.uri}
+    info: dict[str, Any] = {"kind": source.kind, "uri": storage.display_uri(source.uri)}
     if source.kind == "checkpoint":
-        info.update(step=m.get("step"), train_metrics=m.get("metrics"), cf_artifact=m.get("cf_artifact"))
+        cf = m.get("cf_artifact")
+        if isinstance(cf, dict) and cf.get("uri"):
+            cf = {**cf, "uri": storage.display_uri(cf["uri"])}
+        info.update(step=m.get("step"), train_metrics=m.get("metrics"), cf_artifact=cf)
         base = m.get("base_llm")
     elif source.kind == "cf":
         info.update(backbone=m.get("backbone"), hash=m.get("hash"))
