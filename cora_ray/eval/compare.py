@@ -199,6 +199,7 @@ def run_compare(
     data_hash = data_manifest.get("hash")
     rows: list[ComparisonRow] = []
     results: dict[str, dict | None] = {}
+    evaluated: list[str] = []
     for method in cfg.methods:
         run_uri = storage.join(cfg.out, "runs", slug(method.name))
         doc = None
@@ -235,6 +236,7 @@ def run_compare(
                         paper=method.paper or method.name,
                         endpoint=endpoint,
                     )
+                    evaluated.append(method.name)
                     log(summary_table(doc))
                 else:
                     msg = f"method {method.name!r}: {method.kind} artifact {method.uri} does not exist"
@@ -248,7 +250,7 @@ def run_compare(
         rows.append(ComparisonRow(method.name, metrics, paper=method.paper, note=note))
 
     wall = time.perf_counter() - t0
-    notes = _notes(cfg, data_manifest, results, wall)
+    notes = _notes(cfg, data_manifest, results, wall, evaluated)
     md = comparison_markdown(
         rows, cfg.dataset, cfg.report_split, title=f"{cfg.name}: {dataset_label(cfg.dataset)}", notes=notes
     )
@@ -293,7 +295,7 @@ def run_compare(
     return summary
 
 
-def _notes(cfg: CompareConfig, data_manifest: dict, results: dict, wall: float) -> str:
+def _notes(cfg: CompareConfig, data_manifest: dict, results: dict, wall: float, evaluated: list[str]) -> str:
     sample = (
         f"a seeded sample of at most {cfg.limit} rows (seed {cfg.seed})" if cfg.limit else "the full split"
     )
@@ -306,7 +308,11 @@ def _notes(cfg: CompareConfig, data_manifest: dict, results: dict, wall: float) 
             lines.append(
                 f"- {name}: evaluated in {doc['wall_s']:.0f} s ({doc.get('rows_per_s') or 0:.2f} rows/s)"
             )
-    lines.append(f"\nTotal wall time of this comparison run: {wall:.0f} s.")
+    here = ", ".join(evaluated) if evaluated else "none"
+    lines.append(
+        f"\nThis comparison run took {wall:.0f} s; evaluated in it: {here} (other rows collected from earlier runs "
+        f"under `{storage.join(cfg.out, 'runs')}`)."
+    )
     return "\n".join(lines)
 
 

@@ -78,6 +78,8 @@ def test_compare_writes_both_files_and_collects_existing_results(tiny_artifacts,
     logs.clear()
     again = run_compare(cfg, progress=False, log=logs.append)
     assert sum("collected" in line for line in logs) == 5
+    assert "evaluated in it: MF, LightGCN, Zero-shot, TALLRec, CoRA-MF (" in md
+    assert "evaluated in it: none (other rows collected" in (out / "comparison.md").read_text()
     assert again["methods"][0]["metrics"] == summary["methods"][0]["metrics"]
     # other settings (a --limit) make the stored results stale: re-evaluated
     logs.clear()
