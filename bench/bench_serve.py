@@ -246,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-components", action="store_true", help="skip the SmolLM2-shaped timing")
     args = parser.parse_args(argv)
 
-    import ray
     from ray import serve
+
+    from cora_ray.ray_local import init_local_cluster, shutdown_local_cluster
 
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     t0 = time.time()
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     users = sorted(catalog.user_ids)
     items = [r for r, i in catalog.item_ids.items() if catalog.title(i)]
 
-    ray.init(
+    init_local_cluster(
         num_cpus=4,
         include_dashboard=False,
         log_to_driver=False,
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         serve.shutdown()
-        ray.shutdown()
+        shutdown_local_cluster()
 
     # 4. what the cache can save at SmolLM2-135M scale with the paper's generator (in-process)
     if not args.skip_components:

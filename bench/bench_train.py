@@ -33,6 +33,7 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 from common import RESULTS, markdown, write_result  # noqa: E402
 
+from cora_ray.ray_local import init_local_cluster, shutdown_local_cluster  # noqa: E402
 from cora_ray.storage import display_uri  # noqa: E402
 
 
@@ -73,7 +74,6 @@ def train_run(config: str, workers: int, steps: int, storage: Path, extra: list[
 
 def pipeline_rate(config: str, rows: int) -> dict:
     """Rows/s of the training dataset alone (read + shuffle + prompts + tokenisation), after its first batch."""
-    import ray
 
     from cora_ray.config import ExperimentConfig, load_config
     from cora_ray.train.trainer import build_datasets, prepare_run, resolve_local_paths
@@ -82,7 +82,7 @@ def pipeline_rate(config: str, rows: int) -> dict:
         load_config(ExperimentConfig, config, ["train.storage_path=/tmp/cora_bench_runs"]), REPO
     )
     plan = prepare_run(cfg)
-    ray.init(num_cpus=4, include_dashboard=False)
+    init_local_cluster(num_cpus=4, include_dashboard=False)
     try:
         from ray.data import DataContext
 
@@ -100,7 +100,7 @@ def pipeline_rate(config: str, rows: int) -> dict:
         seconds = time.perf_counter() - t1
         width = first["input_ids"].shape[1]
     finally:
-        ray.shutdown()
+        shutdown_local_cluster()
     return {
         "rows": n,
         "seconds": round(seconds, 2),

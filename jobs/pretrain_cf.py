@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             if started:
-                import ray
+                from cora_ray.ray_local import shutdown_local_cluster
 
-                ray.shutdown()
+                shutdown_local_cluster()
     except (ConfigError, DataError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -86,7 +86,9 @@ def ray_cluster():
         for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
             if k in os.environ:
                 env[k] = os.environ[k]
-        ray.init(
+        from cora_ray.ray_local import init_local_cluster
+
+        init_local_cluster(
             num_cpus=4,
             include_dashboard=False,
             log_to_driver=True,
@@ -96,7 +98,9 @@ def ray_cluster():
     try:
         yield ray
     finally:
-        ray.shutdown()
+        from cora_ray.ray_local import shutdown_local_cluster
+
+        shutdown_local_cluster()
 
 
 @pytest.fixture()

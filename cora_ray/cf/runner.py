@@ -28,6 +28,7 @@ from cora_ray.cf.config import CFTrainConfig
 from cora_ray.cf.pretrain import stage_run
 from cora_ray.config import from_dict, to_dict
 from cora_ray.errors import CoraError, TrainingError
+from cora_ray.ray_local import init_local_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 FORWARDED_ENV = (
@@ -56,7 +57,9 @@ def init_ray(num_cpus: int | None = None) -> bool:
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
     }
     env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
+    init_local_cluster(
+        num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True
+    )
     return True
 
 

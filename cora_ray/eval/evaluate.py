@@ -40,6 +40,7 @@ from cora_ray.errors import ConfigError, CoraError, DataError, StorageError
 from cora_ray.eval.metrics import auc_uauc
 from cora_ray.eval.report import evaluation_markdown, paper_row
 from cora_ray.infer.source import ScorerSource
+from cora_ray.ray_local import init_local_cluster
 
 KIND = "cora_ray.evaluation"
 VERSION = 1
@@ -240,7 +241,7 @@ def ensure_ray() -> Any:
         ):
             if k in os.environ:
                 env[k] = os.environ[k]
-        ray.init(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
+        init_local_cluster(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
     return ray
 
 

@@ -33,6 +33,7 @@ from cora_ray import storage
 from cora_ray.config import ExperimentConfig, to_dict
 from cora_ray.data import protocol
 from cora_ray.errors import ConfigError, DataError, StorageError
+from cora_ray.ray_local import init_local_cluster, shutdown_local_cluster
 from cora_ray.train import ray_setup
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's run state, in <storage_path>/<run>/
@@ -360,7 +361,7 @@ def ensure_ray(cfg: ExperimentConfig, num_cpus: int | None = None) -> bool:
     repo = str(Path(__file__).resolve().parents[2])
     env = worker_env(cfg)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
+    init_local_cluster(
         num_cpus=num_cpus or max(4, 2 * cfg.train.num_workers),
         include_dashboard=False,
         runtime_env={"env_vars": env, "worker_process_setup_hook": ray_setup.HOOK},
@@ -511,7 +512,6 @@ def format_summary(s: TrainingSummary, cfg: ExperimentConfig) -> str:
 
 def run_training(plan: RunPlan, *, num_cpus: int | None = None, quiet: bool = False) -> TrainingSummary:
     """Start or join Ray, fit, write `<run>/summary.json`, print the summary. Shuts down a Ray it started."""
-    import ray
 
     started = ensure_ray(plan.cfg, num_cpus)
     from ray.data import DataContext
@@ -538,4 +538,4 @@ def run_training(plan: RunPlan, *, num_cpus: int | None = None, quiet: bool = Fa
         return summary
     finally:
         if started:
-            ray.shutdown()
+            shutdown_local_cluster()
