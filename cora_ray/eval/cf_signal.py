@@ -10,6 +10,8 @@ from other rows' (user, item) pairs, and with G = 0, and compare the metrics.
 - `generated_for_cold`: the checkpoint's G, but users the CF model does not know get a G generated from their
   (untrained) CF vector instead of G = 0 — `model.zero_delta_for_cold_users: false`, the authors' rule.
   Training never shows the model a zero G (every train user is known), so this measures what zeroing costs.
+  For a checkpoint whose rule already generates G for cold users (the default) it is `own` itself, so it is
+  not scored twice: its metrics are `own`'s, marked `same_as: own`.
 
 Also reported: how much G varies across rows — the mean cosine similarity between the G of two different
 rows (1.0 means every row gets the same delta: the generator has collapsed to a shared LoRA), and the
@@ -68,7 +70,8 @@ def cf_signal(
     hists = rows["history"].to_pylist()
 
     t0 = time.perf_counter()
-    G_own = scorer.compute_G(users, items, hists)  # (n, d_model, r); zero rows for cold users
+    zeroing = bool(scorer.model.cfg.zero_delta_for_cold_users)
+    G_own = scorer.compute_G(users, items, hists)  # (n, d_model, r); zero rows for cold users if `zeroing`
     perm = np.random.default_rng(seed).permutation(len(users))
     G_shuffled = G_own[torch.as_tensor(perm, device=G_own.device)]
     known = scorer.knows_user(users).astype(bool)
@@ -76,8 +79,9 @@ def cf_signal(
         "own": G_own,
         "shuffled": G_shuffled,
         "zero": torch.zeros_like(G_own),
-        "generated_for_cold": scorer.compute_G(users, items, hists, zero_cold_users=False),
     }
+    if zeroing:
+        G_variants["generated_for_cold"] = scorer.compute_G(users, items, hists, zero_cold_users=False)
 
     out: dict[str, Any] = {
         "split": split,
@@ -86,13 +90,16 @@ def cf_signal(
         "seed": seed,
         "limit": limit,
         "rows_with_known_user": int(known.sum()),
-        "zero_delta_for_cold_users": bool(scorer.config.model.zero_delta_for_cold_users),
+        "zero_delta_for_cold_users": zeroing,
         "g_cosine_between_rows": g_similarity(G_own[torch.as_tensor(known, device=G_own.device)])
         if known.sum() >= 2
         else None,
         "variants": {},
     }
     for name in VARIANTS:
+        if name not in G_variants:  # generated_for_cold under a rule that already generates: identical to own
+            out["variants"][name] = {**out["variants"]["own"], "same_as": "own"}
+            continue
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -129,7 +136,8 @@ def cf_signal_markdown(doc: dict, title: str) -> str:
         m = doc["variants"][name]
         auc = "n/a" if m.get("auc") is None else f"{m['auc']:.4f}"
         uauc = "n/a" if m.get("uauc") is None else f"{m['uauc']:.4f}"
-        lines.append(f"| {labels[name]} | {auc} | {uauc} | {m['score_mean']:.3f} | {m['score_std']:.3f} |")
+        label = labels[name] + (f" (= {m['same_as']}: the checkpoint's rule)" if m.get("same_as") else "")
+        lines.append(f"| {label} | {auc} | {uauc} | {m['score_mean']:.3f} | {m['score_std']:.3f} |")
     sim = doc.get("g_cosine_between_rows")
     if sim:
         lines += [

@@ -43,6 +43,25 @@ def test_own_variant_equals_normal_scoring_and_the_others_differ(tiny_artifacts)
     assert "shuffled" in md and "| none (G = 0: plain LLM) |" in md
 
 
+def test_generated_for_cold_is_own_when_the_checkpoint_already_generates_for_cold_users(tiny_artifacts):
+    scorer = Scorer.from_checkpoint(tiny_artifacts.checkpoints["cora"], batch_size=8)
+    zeroing = scorer.model.cfg.zero_delta_for_cold_users
+    own_zeroing = cf_signal(scorer, tiny_artifacts.data_uri, split="test", limit=40, seed=3)
+    scorer.model.cfg.zero_delta_for_cold_users = False  # as a checkpoint trained with the default rule
+    try:
+        doc = cf_signal(scorer, tiny_artifacts.data_uri, split="test", limit=40, seed=3)
+    finally:
+        scorer.model.cfg.zero_delta_for_cold_users = zeroing
+    assert doc["zero_delta_for_cold_users"] is False
+    own, cold = doc["variants"]["own"], doc["variants"]["generated_for_cold"]
+    assert cold["same_as"] == "own" and {k: v for k, v in cold.items() if k != "same_as"} == own
+    # own under this rule is what the zeroing checkpoint's generated_for_cold variant scored
+    assert own["score_mean"] == pytest.approx(
+        own_zeroing["variants"]["generated_for_cold"]["score_mean"], abs=1e-6
+    )
+    assert "(= own: the checkpoint's rule)" in cf_signal_markdown(doc, "tiny")
+
+
 def test_g_similarity_is_one_for_identical_rows_and_needs_two():
     G = torch.randn(1, 6, 2).repeat(5, 1, 1)
     assert g_similarity(G)["mean"] == pytest.approx(1.0, abs=1e-5)
