@@ -74,7 +74,6 @@ def train_run(config: str, workers: int, steps: int, storage: Path, extra: list[
 
 def pipeline_rate(config: str, rows: int) -> dict:
     """Rows/s of the training dataset alone (read + shuffle + prompts + tokenisation), after its first batch."""
-
     from cora_ray.config import ExperimentConfig, load_config
     from cora_ray.train.trainer import build_datasets, prepare_run, resolve_local_paths
 

@@ -98,13 +98,14 @@ def _shutdown_at_exit(raylet: int) -> None:
 
     if ray.is_initialized() and raylet_pid() == raylet:
         ray.shutdown()
-    reap_workers(raylet)
+    reap_workers(raylet)  # also after a plain ray.shutdown() elsewhere: its workers may still hang
 
 
 def shutdown_local_cluster(grace_s: float = 5.0, log: Callable[[str], None] | None = None) -> list[int]:
     """`ray.shutdown()`, then reap the workers of the raylet this process started. Returns the pids killed."""
     import ray
 
+    atexit.unregister(_shutdown_at_exit)  # done now; a process that starts clusters again registers anew
     raylet = raylet_pid()
     ray.shutdown()
     if raylet is None:

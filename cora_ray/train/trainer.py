@@ -512,7 +512,6 @@ def format_summary(s: TrainingSummary, cfg: ExperimentConfig) -> str:
 
 def run_training(plan: RunPlan, *, num_cpus: int | None = None, quiet: bool = False) -> TrainingSummary:
     """Start or join Ray, fit, write `<run>/summary.json`, print the summary. Shuts down a Ray it started."""
-
     started = ensure_ray(plan.cfg, num_cpus)
     from ray.data import DataContext
 
