@@ -280,14 +280,11 @@ def test_pad_history_left_pads_with_zero():
     assert pad_history([[3, 4], [1, 2, 3, 4, 5]], length=4).tolist() == [[0, 0, 3, 4], [2, 3, 4, 5]]
 
 
-def test_encoding_is_fast(tokenizer):
-    import time
-
+def test_encoding_a_large_varied_batch_respects_the_token_limit(tokenizer):
+    # its speed is measured in bench/ (bench_train.py: Ray Data ingest rows/s vs training samples/s)
     rng = np.random.default_rng(0)
     histories = [rng.integers(1, len(TITLES), size=rng.integers(0, 25)) for _ in range(512)]
     targets = rng.integers(1, len(TITLES), size=512)
     enc = PromptEncoder(tokenizer, PromptConfig(max_prompt_tokens=80), TITLES)
-    t0 = time.perf_counter()
     out = enc.encode(histories, targets)
-    assert time.perf_counter() - t0 < 2.0  # ~0.1 s here; the LLM forward costs ~0.4 s per row
     assert out["attention_mask"].sum(1).max() <= 80

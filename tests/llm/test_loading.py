@@ -29,12 +29,9 @@ from cora_ray.llm.tiny import tiny_llm, tiny_tokenizer
 # ------------------------------------------------------------------------------------------------------
 
 
-def test_tiny_llm_is_fast_deterministic_and_frozen():
-    t0 = time.perf_counter()
+def test_tiny_llm_is_deterministic_and_frozen():
     llm = tiny_llm(seed=3)
-    elapsed = time.perf_counter() - t0
     again = tiny_llm(seed=3)
-    assert elapsed < 1.0
     assert llm.weight_hash == again.weight_hash == model_weight_hash(again.model)
     assert tiny_llm(seed=4).weight_hash != llm.weight_hash
     assert not llm.model.training
