@@ -28,39 +28,16 @@ from cora_ray.cf.config import CFTrainConfig
 from cora_ray.cf.pretrain import stage_run
 from cora_ray.config import from_dict, to_dict
 from cora_ray.errors import CoraError, TrainingError
-from cora_ray.ray_local import init_local_cluster
-
-REPO = Path(__file__).resolve().parents[2]
-FORWARDED_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-)
+from cora_ray.ray_cluster import start_or_join
 
 
 def init_ray(num_cpus: int | None = None) -> bool:
-    """Connect to the cluster named by RAY_ADDRESS, else start a local one. Returns True if this call started
-    Ray (the caller then shuts it down). A cluster of RAY_ADDRESS keeps its own runtime environment."""
-    import ray
-
-    if ray.is_initialized():
-        return False
+    """Connect to the cluster named by RAY_ADDRESS, else start a local one (`cora_ray.ray_cluster`: no
+    credentials in the runtime_env). Returns True if this call started Ray (the caller then shuts it down).
+    A cluster of RAY_ADDRESS keeps its own runtime environment."""
     # every trial prints one progress line per epoch: keep them all (Ray folds "similar" lines by default)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return True
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
-    }
-    env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
-    init_local_cluster(
-        num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True
-    )
-    return True
+    return start_or_join(num_cpus=num_cpus, log_to_driver=True)
 
 
 def _trial(config: dict, base: dict, data_uri: str, endpoint: str | None) -> None:

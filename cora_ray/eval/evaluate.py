@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -40,7 +39,7 @@ from cora_ray.errors import ConfigError, CoraError, DataError, StorageError
 from cora_ray.eval.metrics import auc_uauc
 from cora_ray.eval.report import evaluation_markdown, paper_row
 from cora_ray.infer.source import ScorerSource
-from cora_ray.ray_local import init_local_cluster
+from cora_ray.ray_cluster import start_or_join
 
 KIND = "cora_ray.evaluation"
 VERSION = 1
@@ -224,24 +223,11 @@ def score_local(source: ScorerSource, rows: pa.Table, progress: bool = True) -> 
 
 
 def ensure_ray() -> Any:
-    """ray, initialised: the running cluster (RAY_ADDRESS, or already initialised) or a local one."""
+    """ray, initialised: the running cluster (RAY_ADDRESS, or already initialised) or a local one started by
+    `cora_ray.ray_cluster.start_or_join` (its environment rule: no credentials in the runtime_env)."""
     import ray
 
-    if not ray.is_initialized():
-        env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        for k in (
-            "AWS_ENDPOINT_URL",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_REGION",
-            "HF_HOME",
-            "HF_HUB_OFFLINE",
-            "CORA_RAY_CACHE",
-        ):
-            if k in os.environ:
-                env[k] = os.environ[k]
-        init_local_cluster(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
+    start_or_join(log_to_driver=True)
     return ray
 
 

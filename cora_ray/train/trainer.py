@@ -33,7 +33,8 @@ from cora_ray import storage
 from cora_ray.config import ExperimentConfig, to_dict
 from cora_ray.data import protocol
 from cora_ray.errors import ConfigError, DataError, StorageError
-from cora_ray.ray_local import init_local_cluster, shutdown_local_cluster
+from cora_ray.ray_cluster import forwarded_env, start_or_join
+from cora_ray.ray_local import shutdown_local_cluster
 from cora_ray.train import ray_setup
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's run state, in <storage_path>/<run>/
@@ -174,37 +175,10 @@ def _check_cf(cfg: ExperimentConfig, dataset_hash: str) -> dict | None:
 def load_tokenizer_only(llm_cfg: Any) -> Any:
     """The base LLM's tokenizer without its weights (the driver builds prompts, the workers hold the model).
 
-    Bundled / local / hub models: the same directory `load_llm` uses (the bundled GGUF is converted once per
-    machine here, so the workers then find it cached). s3://: only the tokenizer files are fetched."""
-    from transformers import AutoTokenizer
+    s3:// prefixes and hub ids fetch only tokenizer and config files; see `cora_ray.llm.loading.load_tokenizer`."""
+    from cora_ray.llm.loading import load_tokenizer
 
-    from cora_ray.llm.cache import cache_root
-    from cora_ray.llm.loading import resolve_model_dir
-
-    name = str(llm_cfg.name_or_path)
-    if storage.is_s3(name):
-        import tempfile
-
-        local = Path(tempfile.mkdtemp(prefix="cora_tokenizer_"))
-        wanted = (
-            "tokenizer",
-            "special_tokens_map",
-            "config.json",
-            "generation_config",
-            "chat_template",
-            ".model",
-        )
-        files = [f for f in storage.list_files(name) if any(w in f.rsplit("/", 1)[-1] for w in wanted)]
-        if not files:
-            raise StorageError(f"llm.name_or_path {name}: no tokenizer files under it")
-        for f in files:
-            (local / f.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(f))
-        model_dir = local
-    else:
-        model_dir, _ = resolve_model_dir(llm_cfg, cache_root(llm_cfg.cache_dir))
-    return AutoTokenizer.from_pretrained(
-        str(model_dir), trust_remote_code=llm_cfg.trust_remote_code, local_files_only=True
-    )
+    return load_tokenizer(llm_cfg)
 
 
 def driver_tokenizer(cfg: ExperimentConfig) -> tuple[Any, int, int | None]:
@@ -252,6 +226,11 @@ def prepare_run(
         local_cluster = not os.environ.get("RAY_ADDRESS")
     endpoint = cfg.data.s3_endpoint
     _check_config(cfg, local_cluster)
+    from cora_ray.bootstrap import missing_inputs_message
+
+    missing = missing_inputs_message(cfg)  # names the command that makes each missing input
+    if missing:
+        raise StorageError(missing)
     data_manifest = _check_dataset(cfg)
     cf_record = _check_cf(cfg, data_manifest["hash"])
 
@@ -319,54 +298,24 @@ def prepare_run(
 
 
 def worker_env(cfg: ExperimentConfig) -> dict[str, str]:
-    """Environment every Ray worker of the run needs (threads, DeepSpeed accelerator, quiet tokenizers)."""
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    if not cfg.train.use_gpu:
-        env["DS_ACCELERATOR"] = "cpu"
-    # Credentials are never put here (a runtime_env is visible in Ray's dashboard and state API): workers of a
-    # local Ray inherit them from this process, and cluster nodes have their own (instance profile).
-    for k in (
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "HF_HOME",
-        "HF_HUB_OFFLINE",
-        "TRANSFORMERS_OFFLINE",
-        "CORA_RAY_CACHE_DIR",
-        "XDG_CACHE_HOME",
-    ):
-        if k in os.environ:
-            env[k] = os.environ[k]
+    """Environment every Ray worker of the run gets (threads, DeepSpeed accelerator, quiet tokenizers, the S3
+    endpoint): `cora_ray.ray_cluster.forwarded_env`'s rule, so never a credential."""
+    extra = {} if cfg.train.use_gpu else {"DS_ACCELERATOR": "cpu"}
     if cfg.data.s3_endpoint:
-        env["AWS_ENDPOINT_URL"] = cfg.data.s3_endpoint
-    return env
+        extra["AWS_ENDPOINT_URL"] = cfg.data.s3_endpoint
+    return forwarded_env(extra)
 
 
 def ensure_ray(cfg: ExperimentConfig, num_cpus: int | None = None) -> bool:
     """Join the cluster named by RAY_ADDRESS (or the running one), else start a local Ray. True if we started it.
 
-    Locally, Ray gets `max(4, 2 x workers)` logical CPUs on purpose (STACK_NOTES): the Ray Data encoder actors
-    run beside the training workers, whose torch threads are set explicitly."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-        return False
-    repo = str(Path(__file__).resolve().parents[2])
-    env = worker_env(cfg)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
-    init_local_cluster(
+    Locally, Ray gets `max(4, 2 x workers)` logical CPUs on purpose: the Ray Data encoder actors run
+    beside the training workers, whose torch threads are set explicitly."""
+    return start_or_join(
         num_cpus=num_cpus or max(4, 2 * cfg.train.num_workers),
-        include_dashboard=False,
-        runtime_env={"env_vars": env, "worker_process_setup_hook": ray_setup.HOOK},
+        env=worker_env(cfg),
+        setup_hook=ray_setup.HOOK,
     )
-    return True
 
 
 def build_datasets(plan: RunPlan) -> dict[str, Any]:

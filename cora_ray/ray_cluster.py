@@ -1,0 +1,119 @@
+"""Start or join Ray — the one way every job of this project does it, with one rule for the environment.
+
+    started = start_or_join(num_cpus=4, env={"DS_ACCELERATOR": "cpu"})   # True: this process started Ray
+    ...
+    if started:
+        shutdown_local_cluster()                                          # cora_ray/ray_local.py
+
+- Already initialised in this process: nothing happens (False).
+- `RAY_ADDRESS` set (`ray job submit`, a cluster node): joins that cluster (False); the cluster keeps the
+  runtime environment it was started with.
+- Otherwise: a new local cluster through `cora_ray.ray_local.init_local_cluster` (True), without the
+  dashboard, with a `runtime_env` holding `forwarded_env()` and this repository on PYTHONPATH.
+
+The environment rule (`forwarded_env`): a `runtime_env` carries only non-secret settings — threads, the
+S3 endpoint and region, Hugging Face offline flags and caches. Credentials
+(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `HF_TOKEN`, ...) are never put there: a
+runtime_env is stored by Ray's GCS and shown by its dashboard and state API. Workers of a local cluster
+inherit them from the driver's own environment (the raylet is started from this process); nodes of a real
+cluster get theirs from the instance profile (cluster.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from cora_ray.errors import ConfigError
+from cora_ray.ray_local import init_local_cluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Settings every worker gets, whatever the driver has.
+BASE_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+# Copied from the driver's environment when set there: none of them is a secret.
+FORWARDED = (
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "CORA_RAY_CACHE_DIR",
+    "XDG_CACHE_HOME",
+)
+# Never in a runtime_env, even when a caller asks for it.
+SECRET_ENV = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+    }
+)
+SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+NOT_SECRET = frozenset({"TOKENIZERS_PARALLELISM"})  # has "TOKEN" in its name, holds true/false
+
+
+def is_secret(name: str) -> bool:
+    """True for a variable that must never travel in a runtime_env (credentials, tokens, passwords)."""
+    upper = name.upper()
+    if upper in NOT_SECRET:
+        return False
+    return upper in SECRET_ENV or any(marker in upper for marker in SECRET_MARKERS)
+
+
+def forwarded_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variables a runtime_env of this project carries: BASE_ENV, the FORWARDED ones set in
+    this process, then `extra`. A secret in `extra` is a ConfigError (a programming error, never silently
+    forwarded)."""
+    env = dict(BASE_ENV)
+    env.update({k: os.environ[k] for k in FORWARDED if os.environ.get(k)})
+    for key, value in (extra or {}).items():
+        if is_secret(key):
+            raise ConfigError(
+                f"refusing to put {key} into a Ray runtime_env (credentials are never forwarded: local "
+                "workers inherit them from the driver, cluster nodes use their instance profile)"
+            )
+        env[key] = str(value)
+    return env
+
+
+def start_or_join(
+    *,
+    num_cpus: int | None = None,
+    env: Mapping[str, str] | None = None,
+    setup_hook: str | None = None,
+    log_to_driver: bool = True,
+) -> bool:
+    """Join the cluster of RAY_ADDRESS (or the Ray this process already runs), else start a local one.
+
+    Returns True only when this call started a local cluster (the caller then stops it with
+    `cora_ray.ray_local.shutdown_local_cluster()`). `env` adds to `forwarded_env()`; `setup_hook` is a
+    `worker_process_setup_hook` ("module.function") run in every worker of the local cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=log_to_driver)
+        return False
+    # a local cluster's workers import this repository (on a cluster: the job's working_dir or the image)
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    runtime_env: dict = {"env_vars": {**forwarded_env(env), "PYTHONPATH": pythonpath}}
+    if setup_hook:
+        runtime_env["worker_process_setup_hook"] = setup_hook
+    init_local_cluster(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=log_to_driver,
+        runtime_env=runtime_env,
+    )
+    return True
