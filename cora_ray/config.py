@@ -256,6 +256,9 @@ class LLMConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
     trust_remote_code: bool = False
     cache_dir: str | None = None  # where converted / downloaded models live (default: user cache dir)
+    # matmul weights of the base LLM (no embeddings / LM head), used only by `jobs/train.py --plan`'s FLOP
+    # estimate when the model is neither a local directory with a config.json nor in cora_ray/train/plan.py's table
+    num_parameters: float | None = None
 
 
 @dataclass
@@ -319,8 +322,13 @@ class TrainConfig:
     warmup_start_lr: float = 1e-5
     min_lr: float = 8e-5
     weight_decay: float = 1e-3
-    micro_batch_size: int = 8
-    grad_accum_steps: int = 1
+    # The global batch (rows per optimizer step) is the configured quantity; micro-batch and accumulation
+    # are derived from it for any num_workers (cora_ray/train/batch.py). Unset: micro_batch_size (default 8)
+    # x num_workers x grad_accum_steps (default 1), the legacy way. After construction all four are set.
+    global_batch_size: int | None = None
+    micro_batch_size: int | None = None  # rows per worker per forward (None: derived)
+    grad_accum_steps: int | None = None  # micro-batches per optimizer step (None: derived)
+    max_micro_batch_size: int | None = None  # cap when deriving the micro-batch (None: no cap)
     grad_clip: float = 1.0
     max_steps: int = 1000
     eval_every: int = 100
@@ -350,8 +358,9 @@ class TrainConfig:
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _check(self.min_lr >= 0, f"train.min_lr must be >= 0, got {self.min_lr}")
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check(self.micro_batch_size > 0, f"train.micro_batch_size must be > 0, got {self.micro_batch_size}")
-        _check(self.grad_accum_steps > 0, f"train.grad_accum_steps must be > 0, got {self.grad_accum_steps}")
+        for name in ("global_batch_size", "micro_batch_size", "grad_accum_steps", "max_micro_batch_size"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"train.{name} must be > 0 (or null), got {value}")
         _check(self.max_steps > 0, f"train.max_steps must be > 0, got {self.max_steps}")
         _check(self.eval_every > 0, f"train.eval_every must be > 0, got {self.eval_every}")
         _check(
@@ -378,6 +387,18 @@ class TrainConfig:
         for name in ("eval_limit", "eval_batch_size", "cpu_threads_per_worker"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"train.{name} must be > 0 (or null), got {value}")
+        from cora_ray.train.batch import resolve_batch  # the one place the batch split is decided
+
+        split = resolve_batch(
+            global_batch_size=self.global_batch_size,
+            micro_batch_size=self.micro_batch_size,
+            grad_accum_steps=self.grad_accum_steps,
+            num_workers=self.num_workers,
+            max_micro_batch_size=self.max_micro_batch_size,
+        )
+        self.global_batch_size = split.global_batch_size
+        self.micro_batch_size = split.micro_batch_size
+        self.grad_accum_steps = split.grad_accum_steps
 
 
 @dataclass

@@ -3,8 +3,8 @@
 Steps (each one is the job a user would type, run as a subprocess and printed first; a step whose output
 already exists — a directory with its manifest — is reused, so a second `make demo` only re-evaluates):
 
-1. prepare_data   real ML-1M from the installed package          → artifacts/ml-1m
-2. pretrain_cf    MF                                            → artifacts/cf/mf
+1. prepare_data   real ML-1M from the installed package          → artifacts/ml-1m   (cora_ray/bootstrap.py,
+2. pretrain_cf    MF                                            → artifacts/cf/mf    as `python jobs/train.py`)
 3. train          CoRA-MF with configs/demo.yaml (Ray Train + DeepSpeed, ~10 min on 2 cores)
                   → runs/<run>/...; the best checkpoint is published at artifacts/demo/checkpoint
                     (what serve.local.config serves)
@@ -15,15 +15,14 @@ already exists — a directory with its manifest — is reused, so a second `mak
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cora_ray import storage
+from cora_ray.bootstrap import build_missing_demo_inputs, run_step
 from cora_ray.eval.report import paper_values
 
 PAPER_NAMES = {"MF": "MF", "Zero-shot": "ICL", "CoRA-MF": "CoRA-MF"}
@@ -41,15 +40,6 @@ class DemoPlan:
     seed: int = 42
     train_overrides: list[str] = field(default_factory=list)
     python: str = sys.executable
-
-
-def _run(cmd: list[str], root: Path, timings: dict, name: str) -> None:
-    print(f"\n[demo] $ {shlex.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    rc = subprocess.call(cmd, cwd=root)
-    timings[name] = time.perf_counter() - t0
-    if rc != 0:
-        raise SystemExit(f"[demo] step '{name}' failed with exit code {rc}: {shlex.join(cmd)}")
 
 
 def _complete(root: Path, rel: str) -> bool:
@@ -83,32 +73,14 @@ def run_demo(plan: DemoPlan) -> dict:
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
 
-    if _complete(root, plan.data):
-        print(f"[demo] reusing the dataset at {plan.data}")
-    else:
-        _run(
-            [py, "jobs/prepare_data.py", "--dataset", "ml-1m", "--out", plan.data],
-            root,
-            timings,
-            "prepare_data",
-        )
-
-    if _complete(root, plan.cf):
-        print(f"[demo] reusing the MF artifact at {plan.cf}")
-    else:
-        _run(
-            [py, "jobs/pretrain_cf.py", "--data", plan.data, "--backbone", "mf", "--out", plan.cf],
-            root,
-            timings,
-            "pretrain_cf",
-        )
+    build_missing_demo_inputs(root, plan.data, plan.cf, python=py, timings=timings)
 
     if _complete(root, plan.checkpoint) and not plan.train_overrides and _checkpoint_matches_cf(root, plan):
         print(f"[demo] reusing the CoRA-MF checkpoint at {plan.checkpoint} (delete it to train again)")
     else:
         run_name = time.strftime("demo-%Y%m%d-%H%M%S")
         overrides = [f"train.run_name={run_name}", f"data.uri={plan.data}", f"model.cf_artifact={plan.cf}"]
-        _run(
+        run_step(
             [py, "jobs/train.py", "--config", plan.config, *overrides, *plan.train_overrides],
             root,
             timings,
@@ -135,7 +107,7 @@ def run_demo(plan: DemoPlan) -> dict:
             py, "jobs/evaluate.py", *args, "--data", plan.data, "--splits", "test",
             "--limit", str(plan.limit), "--seed", str(plan.seed), "--out", out, "--overwrite", "--name", name,
         ]  # fmt: skip
-        _run(cmd, root, timings, f"evaluate {name}")
+        run_step(cmd, root, timings, f"evaluate {name}")
         results[name] = json.loads((root / out / "metrics.json").read_text())["splits"]["test"]
 
     total = time.perf_counter() - t_start

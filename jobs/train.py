@@ -4,6 +4,7 @@
     python jobs/train.py --config configs/ml1m_cora_mf.yaml train.lr=5e-4 train.num_workers=8
     python jobs/train.py --config configs/demo.yaml --resume runs/demo-20250101-120000          # continue a run
     python jobs/train.py --config configs/demo.yaml --resume runs/demo-.../checkpoint_2025-...  # from a checkpoint
+    python jobs/train.py --config configs/ml1m_cora_mf.yaml train.num_workers=1 --plan [--json]  # what it will do
 
     ray start --head
     ray job submit --runtime-env runtime_env.yaml --working-dir . -- \\
@@ -14,7 +15,13 @@ Trailing KEY=VALUE arguments override the config (dotted keys, YAML values). Wit
 Relative local paths in the config are resolved against --base-dir (default: the current directory): a
 submitted job runs in an uploaded copy of the repository that has no artifacts/ and runs/.
 Everything is checked before Ray starts (dataset and CF manifests, tokenizer and answer token, values in
-range, workers vs CPUs); a problem is one line on stderr and exit code 2.
+range, workers vs CPUs); a problem is one line on stderr and exit code 2; a missing dataset or CF artifact
+is named with the command that makes it. The demo config (no --config) builds its own missing inputs first:
+real ML-1M and an MF artifact (~30 s, cora_ray/bootstrap.py).
+
+--plan prints the resolved run and starts nothing (no Ray, no model, nothing downloaded): global batch =
+micro-batch x workers x accumulation, steps, epochs, validation rows and their share of compute, FLOP and
+GPU-hours at a stated MFU (cora_ray/train/plan.py); --json prints it as one JSON object.
 """
 
 from __future__ import annotations
@@ -68,8 +75,53 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="logical CPUs of a local Ray (default: max(4, 2 x workers))",
     )
     p.add_argument("--check", action="store_true", help="run the checks only, then exit (nothing starts)")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the resolved run (batch, steps, validation share, FLOP) and exit",
+    )
+    p.add_argument("--json", action="store_true", help="with --plan: one JSON object on stdout")
+    p.add_argument(
+        "--mfu", type=float, default=None, help="with --plan: assumed model FLOP utilisation (0-1)"
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4")
     return p.parse_args(argv)
+
+
+def _is_demo_config(config: str) -> bool:
+    return Path(config).resolve() == DEFAULT_CONFIG
+
+
+def build_demo_inputs(cfg) -> None:
+    """The demo config's dataset and MF artifact, made where missing (cora_ray/bootstrap.py)."""
+    from cora_ray.bootstrap import build_missing_demo_inputs, has_manifest
+
+    if has_manifest(cfg.data.uri) and has_manifest(cfg.model.cf_artifact):
+        return
+    print(
+        "[train] the demo needs the ML-1M dataset and an MF artifact: building what is missing (~30 s)",
+        flush=True,
+    )
+    build_missing_demo_inputs(REPO, cfg.data.uri, cfg.model.cf_artifact, prefix="[train]")
+
+
+def print_plan(config: str, args: argparse.Namespace) -> int:
+    """--plan: the resolved run on stdout (text or one JSON object); nothing starts."""
+    import json
+
+    from cora_ray.config import ExperimentConfig, load_config
+    from cora_ray.errors import CoraError
+    from cora_ray.train.plan import build_plan, format_plan
+
+    try:
+        cfg = load_config(ExperimentConfig, config, args.overrides)
+        shown = args.config or str(DEFAULT_CONFIG.relative_to(REPO))
+        plan = build_plan(cfg, config_path=shown, base_dir=args.base_dir or os.getcwd(), mfu=args.mfu)
+    except CoraError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,11 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     from cora_ray.errors import CoraError
 
     config = args.config or str(DEFAULT_CONFIG)
+    if args.json and not args.plan:
+        print("train: --json goes with --plan", file=sys.stderr)
+        return 2
+    if args.plan:
+        return print_plan(config, args)
     try:
         from cora_ray.train.trainer import prepare_run, resolve_local_paths, run_training
 
         cfg = load_config(ExperimentConfig, config, args.overrides)
         cfg = resolve_local_paths(cfg, args.base_dir or os.getcwd())
+        if _is_demo_config(config) and not args.check:
+            build_demo_inputs(cfg)
         plan = prepare_run(cfg, resume=args.resume)
     except CoraError as exc:
         print(f"train: {exc}", file=sys.stderr)
