@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, metavar="URI", help="output directory (local or s3://)")
     p.add_argument("--overwrite", action="store_true", help="replace results already at --out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a base LLM whose config asks for trust_remote_code (refused without this flag)",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     from cora_ray import storage
@@ -35,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         storage.refuse_existing(args.out, "results", args.overwrite)
-        scorer = Scorer.from_checkpoint(args.checkpoint, data_uri=args.data)
+        scorer = Scorer.from_checkpoint(
+            args.checkpoint, data_uri=args.data, trust_remote_code=args.trust_remote_code
+        )
         doc = cf_signal(
             scorer,
             scorer.data_uri,

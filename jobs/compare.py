@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated methods to run now (e.g. MF,LightGCN,SASRec); the others are only collected",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow base LLMs whose config asks for trust_remote_code (refused without this flag)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the config")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             strict=args.strict,
             progress=not args.no_progress,
             only=[name.strip() for name in args.only.split(",") if name.strip()] if args.only else None,
+            trust_remote_code=args.trust_remote_code,
         )
     except CoraError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,9 +1,9 @@
 """Evaluate a checkpoint, a CF artifact or the zero-shot base LLM: AUC / UAUC per split → metrics.json + report.md.
 
-    python jobs/evaluate.py --checkpoint runs/demo/checkpoint_000004 --data artifacts/ml-1m --out results/demo
+    python jobs/evaluate.py --checkpoint runs/<run>/best --data artifacts/ml-1m --out results/demo
     python jobs/evaluate.py --cf-artifact artifacts/cf/mf --data artifacts/ml-1m --out results/mf
     python jobs/evaluate.py --zero-shot --config configs/demo.yaml --out results/zero_shot --limit 400
-    ray job submit --working-dir . -- python jobs/evaluate.py --checkpoint s3://bucket/ckpt --out s3://bucket/eval
+    ray job submit --working-dir . -- python jobs/evaluate.py --checkpoint s3://bucket/runs/<run>/best --out s3://bucket/eval
 
 Scoring runs on Ray Data (`map_batches` over an actor pool of scorers: one actor per CPU, or per GPU with
 --use-gpu; the cluster in RAY_ADDRESS or a local one). `--num-actors 0` scores in this process without Ray.
@@ -70,6 +70,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="the method's name in reports (e.g. CoRA-MF)")
     p.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a base LLM whose config asks for trust_remote_code (runs Python code shipped with the model; "
+        "refused without this flag)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of --config (zero-shot)")
     args = p.parse_args(argv)
     if args.config and not args.zero_shot:
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         endpoint=args.s3_endpoint,
         name=args.name,
+        trust_remote_code=args.trust_remote_code,
     )
     try:
         if args.checkpoint:

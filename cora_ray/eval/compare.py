@@ -144,8 +144,9 @@ def _produce(method: CompareMethod, log) -> None:
         log(f"[{method.name}] done in {time.perf_counter() - t0:.0f} s")
 
 
-def _source(cfg: CompareConfig, method: CompareMethod) -> ScorerSource:
+def _source(cfg: CompareConfig, method: CompareMethod, trust_remote_code: bool = False) -> ScorerSource:
     common = dict(
+        trust_remote_code=trust_remote_code,
         data_uri=cfg.data,
         device=cfg.device,
         dtype=cfg.dtype,
@@ -183,11 +184,13 @@ def run_compare(
     progress: bool = True,
     log=None,
     only: list[str] | tuple[str, ...] | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Run or collect every method, write comparison.md / .png / .json under `cfg.out`. Returns the summary.
 
     `only`: names of the methods that may be evaluated (or produced) in this run; the others are only
-    collected from earlier results. Unknown names are a ConfigError."""
+    collected from earlier results. Unknown names are a ConfigError. `trust_remote_code`: the operator's
+    consent for a method whose config asks for it (cora_ray/infer/remote_code.py)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     names = [m.name for m in cfg.methods]
     unknown = [n for n in (only or []) if n not in names]
@@ -223,7 +226,7 @@ def run_compare(
                 if _artifact_exists(method, endpoint):
                     log(f"[{method.name}] evaluating {method.kind} {method.uri or ''}".rstrip())
                     doc = evaluate(
-                        _source(cfg, method),
+                        _source(cfg, method, trust_remote_code),
                         run_uri,
                         splits=cfg.splits,
                         limit=cfg.limit,

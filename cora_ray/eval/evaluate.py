@@ -34,10 +34,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cora_ray import storage
+from cora_ray.config import ExperimentConfig, from_dict
 from cora_ray.data import protocol
 from cora_ray.errors import ConfigError, CoraError, DataError, StorageError
 from cora_ray.eval.metrics import auc_uauc
 from cora_ray.eval.report import evaluation_markdown, paper_row
+from cora_ray.infer.remote_code import require_consent
 from cora_ray.infer.source import ScorerSource
 from cora_ray.ray_cluster import start_or_join
 
@@ -389,6 +391,19 @@ def _max_history(source: ScorerSource, pre: dict) -> int:
     return 10
 
 
+def _check_remote_code(source: ScorerSource, pre: dict) -> None:
+    """Before Ray or a model starts: a config asking for llm.trust_remote_code needs the operator's consent
+    (the scorer checks again where it loads)."""
+    if source.kind == "checkpoint":
+        cfg = from_dict(
+            ExperimentConfig, pre["manifest"]["config"], source=f"{source.uri}/manifest.json config"
+        )
+        require_consent(cfg.llm, source.trust_remote_code, f"checkpoint {source.uri}")
+    elif source.kind == "zero_shot":
+        cfg = source.experiment_config()
+        require_consent(cfg.llm, source.trust_remote_code, f"the zero-shot config of {cfg.name}")
+
+
 def evaluate(
     source: ScorerSource,
     out: str | None,
@@ -419,6 +434,7 @@ def evaluate(
     if out is not None:
         storage.refuse_existing(out, "an evaluation", overwrite, endpoint)
     pre = source.preflight()
+    _check_remote_code(source, pre)
     data_uri = pre["data_uri"]
     source.data_uri = data_uri
     data_manifest = pre["data_manifest"]

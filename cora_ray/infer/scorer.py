@@ -37,6 +37,7 @@ from cora_ray.checkpoint import check_compatible, load_trainable, read_checkpoin
 from cora_ray.config import ExperimentConfig, from_dict
 from cora_ray.data import protocol
 from cora_ray.errors import ArtifactMismatchError, DataError, ModelError
+from cora_ray.infer.remote_code import require_consent
 
 # A provider of collaborative weights for one batch: (user_ids, item_ids, history) tensors → (B, d_model, r).
 GProvider = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -176,16 +177,19 @@ class Scorer:
         cf_uri: str | None = None,
         batch_size: int | None = None,
         endpoint: str | None = None,
+        trust_remote_code: bool = False,
     ) -> Scorer:
         """Load a checkpoint written by training (cora_ray.checkpoint) with everything it depends on.
 
         `data_uri` defaults to the dataset the checkpoint was trained on (its config's `data.uri`); the
         CF artifact to the one its manifest names. Checked, cheapest first: the dataset manifest hash, the
         CF artifact hash, the base LLM's weight hash and answer-token ids. A mismatch is refused naming both
-        hashes; nothing is silently reinterpreted."""
+        hashes; nothing is silently reinterpreted. A checkpoint whose config asks for
+        `llm.trust_remote_code` is refused unless `trust_remote_code` (the operator's consent) is True."""
         t0 = time.perf_counter()
         manifest = read_checkpoint_manifest(uri, endpoint)
         cfg = from_dict(ExperimentConfig, manifest["config"], source=f"{uri}/manifest.json config")
+        require_consent(cfg.llm, trust_remote_code, f"checkpoint {uri}")
         endpoint = endpoint or cfg.data.s3_endpoint
         data_uri = data_uri or cfg.data.uri
         titles, data_manifest = _load_titles(data_uri, endpoint)
@@ -235,10 +239,13 @@ class Scorer:
         *,
         batch_size: int | None = None,
         endpoint: str | None = None,
+        trust_remote_code: bool = False,
     ) -> Scorer:
         """The zero-shot model (SPEC §8 "ICL"): the frozen base LLM of `cfg.llm` with `cfg.prompt`, nothing
-        trained. `cfg.model.method` is taken as "zero_shot" whatever it says."""
+        trained. `cfg.model.method` is taken as "zero_shot" whatever it says. `llm.trust_remote_code` needs
+        the operator's consent (`trust_remote_code=True`), as for a checkpoint."""
         t0 = time.perf_counter()
+        require_consent(cfg.llm, trust_remote_code, f"the zero-shot config of {cfg.name}")
         cfg = dataclasses.replace(
             cfg, model=dataclasses.replace(cfg.model, method="zero_shot", cf_artifact=None)
         )

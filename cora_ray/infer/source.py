@@ -33,6 +33,7 @@ class ScorerSource:
     endpoint: str | None = None
     cf_uri: str | None = None
     name: str | None = None  # a display name for reports
+    trust_remote_code: bool = False  # the operator's consent (cora_ray/infer/remote_code.py)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +95,7 @@ class ScorerSource:
                 cf_uri=self.cf_uri,
                 batch_size=self.batch_size,
                 endpoint=self.endpoint,
+                trust_remote_code=self.trust_remote_code,
             )
         if self.kind == "cf":
             from cora_ray.infer.cf_scorer import CFScorer
@@ -114,4 +116,5 @@ class ScorerSource:
             self.dtype,
             batch_size=self.batch_size,
             endpoint=self.endpoint,
+            trust_remote_code=self.trust_remote_code,
         )
