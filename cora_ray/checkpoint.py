@@ -14,7 +14,8 @@ manifest.json:
     dataset_hash     the protocol dataset's manifest hash
     metrics          {"valid_auc": ..., "valid_uauc": ..., ...}
     step             optimizer steps done
-    trainable        {"file": "trainable.safetensors", "sha256": ..., "tensors": n, "parameters": n}
+    trainable        {"file": "trainable.safetensors", "sha256": ..., "tensors": n, "parameters": n,
+                      "dtypes": ["float32"]}   training writes fp32 master weights whatever the LLM's dtype
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def write_checkpoint_files(
             "sha256": hashlib.sha256(blob).hexdigest(),
             "tensors": len(tensors),
             "parameters": int(sum(t.numel() for t in tensors.values())),
+            "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()}),
         },
     }
     (directory / storage.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

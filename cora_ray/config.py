@@ -350,6 +350,7 @@ class TrainConfig:
     shuffle_buffer_rows: int = 1024  # per-worker local shuffle buffer of encoded rows (0: none)
     cpu_threads_per_worker: int | None = None  # torch threads per worker on CPU (None: cores / num_workers)
     save_optimizer_state: bool = True  # AdamW moments per rank in each checkpoint (exact resume)
+    tensorboard: bool = False  # TensorBoard event files on rank 0; needs `pip install 'cora_ray[tensorboard]'`
     accelerator_type: str | None = (
         None  # GPU runs: ScalingConfig(accelerator_type=...), e.g. "A100" (cluster.yaml)
     )

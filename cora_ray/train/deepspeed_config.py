@@ -4,8 +4,16 @@
     optimizer = build_optimizer(model, cfg.train, frozen_ids)        # trainable parameters only
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, lr_scheduler=...)
 
-A client torch optimizer is used on purpose (STACK_NOTES): DeepSpeed's own FusedAdam / DeepSpeedCPUAdam would
-JIT-compile C++ ops first (~200 s each on CPU). `zero_allow_untested_optimizer` lets ZeRO wrap it.
+A client torch optimizer is used on purpose: DeepSpeed's own FusedAdam / DeepSpeedCPUAdam would JIT-compile
+C++ ops first (~200 s each on CPU). `zero_allow_untested_optimizer` lets ZeRO wrap it.
+
+Precision (docs/training.md, "Precision"): `precision` is the dtype of the FROZEN LLM only, which the worker
+loads in that dtype itself. DeepSpeed's `bf16` / `fp16` sections stay off, always: enabled, DeepSpeed casts
+every parameter of the module — the trainable generator and P too — so the forward would run bf16 trainables
+and the module (what checkpoints save) would hold bf16-rounded copies of the fp32 masters. With them off, the
+trainable parameters are fp32 and are themselves the master weights under ZeRO 0-3, gradients reach them in
+fp32 (the collaborative layers cast P and G to the activations' dtype inside the forward), and ZeRO-3
+partitions and all-gathers the bf16 LLM and the fp32 trainables each in its own dtype.
 """
 
 from __future__ import annotations
@@ -29,23 +37,35 @@ _NO_DECAY_NAME_PARTS = ("bias", "norm", "ln_", ".ln", "layernorm")
 
 
 def resolve_precision(llm_dtype: str, use_gpu: bool) -> Precision:
-    """fp32 on CPU and bf16 on GPU unless the config names a dtype (`llm.dtype`)."""
+    """The frozen LLM's training dtype: fp32 on CPU and bf16 on GPU unless the config names one (`llm.dtype`).
+
+    float16 is refused for training: the trainable parts stay fp32 without DeepSpeed's fp16 loss scaling, and
+    gradients through fp16 activations would underflow unscaled (bf16 has fp32's exponent range)."""
     if llm_dtype == "auto":
         return "bf16" if use_gpu else "fp32"
     precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[llm_dtype]
-    if precision == "fp16" and not use_gpu:
+    if precision == "fp16":
         raise ConfigError(
-            "llm.dtype float16 needs a GPU (DeepSpeed's CPU accelerator has no fp16); use float32 or auto"
+            "llm.dtype float16 is not supported for training (fp32 trainable parts get no loss scaling "
+            "through fp16 activations); use bfloat16 (GPUs with bf16), float32 or auto"
         )
     return precision
 
 
 def torch_dtype(precision: Precision) -> torch.dtype:
+    """ "fp32" / "bf16" / "fp16" → the torch dtype."""
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+TRAINABLE_DTYPE = torch.float32  # the trainable parts' dtype in every precision: they are the master weights
+
+
 def deepspeed_config(train: TrainConfig, *, world_size: int, precision: Precision) -> dict[str, Any]:
-    """The DeepSpeed JSON config for a run (ZeRO stage, batch sizes, clipping, precision)."""
+    """The DeepSpeed JSON config for a run (ZeRO stage, batch sizes, clipping).
+
+    `precision` is accepted for the record but changes nothing here: DeepSpeed's bf16 / fp16 modes stay off
+    whatever the frozen LLM's dtype (module docstring)."""
+    del precision  # the frozen LLM is loaded in its dtype by the worker; DeepSpeed must not cast the module
     zero: dict[str, Any] = {"stage": train.zero_stage}
     if train.zero_stage >= 2:
         zero.update(contiguous_gradients=True, overlap_comm=False, reduce_scatter=True)
@@ -58,8 +78,8 @@ def deepspeed_config(train: TrainConfig, *, world_size: int, precision: Precisio
         "train_batch_size": train.micro_batch_size * train.grad_accum_steps * world_size,
         "gradient_clipping": float(train.grad_clip),
         "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "bf16": {"enabled": False},  # never: it would cast the trainable fp32 parts (module docstring)
+        "fp16": {"enabled": False},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

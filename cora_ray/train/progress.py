@@ -1,12 +1,20 @@
 """Training progress on rank 0: one console line per log interval, the same record as JSON lines next to the
-checkpoints (`<storage>/<run>/progress.jsonl`), and TensorBoard event files when a writer is installed.
+checkpoints (`<storage>/<run>/progress.jsonl`), Prometheus metrics through `ray.util.metrics`, and TensorBoard
+event files when `train.tensorboard` asks for them.
 
     progress = Progress(run_uri, max_steps=1000, eval_every=100, samples_per_step=16)
-    progress.train_step(step, loss, lr)          # prints every `log_every` steps
+    progress.train_step(step, loss, lr, step_seconds)   # prints and exports metrics every `log_every` steps
     progress.validation(step, {"valid_auc": ..., "valid_uauc": ...}, seconds=...)
     progress.close()
 
 On s3:// the JSONL file is kept locally and uploaded whole at each validation and at the end.
+
+Prometheus (`TrainMetrics`, tag `run` = the run's directory name): every `log_every` steps the window's mean
+step time (`cora_train_step_seconds`, also observed in the histogram `cora_train_step_time_seconds`), its
+samples/s (`cora_train_samples_per_second`), the last loss (`cora_train_loss`) and learning rate
+(`cora_train_learning_rate`), the optimizer steps done (`cora_train_step`), and the counters
+`cora_train_steps_total` / `cora_train_samples_total`. Ray's metrics agent on each node exports them for
+Prometheus to scrape (docs/training.md, "Metrics").
 """
 
 from __future__ import annotations
@@ -20,9 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from cora_ray import storage
+from cora_ray.errors import ConfigError
 
 PROGRESS_FILE = "progress.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_EXTRA = "pip install 'cora_ray[tensorboard]'"
+# step-time histogram buckets (s): a tiny CPU model's ~0.1 s up to a large model's accumulation of minutes
+STEP_SECONDS_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
 
 
 def say(text: str) -> None:
@@ -41,20 +53,86 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _tensorboard_writer(logdir: str) -> Any | None:
-    """A SummaryWriter from torch (needs `tensorboard`) or tensorboardX; None when neither is installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+def tensorboard_writer_class() -> type:
+    """SummaryWriter from torch (needs the `tensorboard` package) or from tensorboardX.
 
-        return SummaryWriter(logdir)
+    Raises ConfigError naming the `tensorboard` extra when neither is installed: a run that asked for
+    TensorBoard (`train.tensorboard: true`) does not go on silently without it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter
     except ImportError:
         pass
     try:
-        from tensorboardX import SummaryWriter  # noqa: PLC0415
+        from tensorboardX import SummaryWriter
 
-        return SummaryWriter(logdir)
+        return SummaryWriter
     except ImportError:
-        return None
+        raise ConfigError(
+            "train.tensorboard is true but neither tensorboard nor tensorboardX is installed: "
+            f"{TENSORBOARD_EXTRA} (or set train.tensorboard=false)"
+        ) from None
+
+
+def run_name_of(run_uri: str) -> str:
+    """The run's directory name (`<storage>/<run name>`, local or s3://): the `run` tag of its metrics."""
+    return run_uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+class TrainMetrics:
+    """The training metrics exported to Prometheus, tagged with the run name.
+
+    `metrics` is the module providing Gauge / Counter / Histogram with `ray.util.metrics`'s signatures; the
+    default is `ray.util.metrics` itself (which records from inside any Ray process, e.g. a Train worker).
+    Tests pass a recording stand-in."""
+
+    def __init__(self, run_name: str, metrics: Any = None) -> None:
+        if metrics is None:
+            import ray.util.metrics as metrics
+        self.tags = {"run": run_name}
+        keys = ("run",)
+        self.step_seconds = metrics.Gauge(
+            "cora_train_step_seconds", "mean optimizer-step time over the last log interval (s)", keys
+        )
+        self.step_time = metrics.Histogram(
+            "cora_train_step_time_seconds",
+            "optimizer-step time, the mean of each log interval (s)",
+            STEP_SECONDS_BOUNDARIES,
+            keys,
+        )
+        self.samples_per_second = metrics.Gauge(
+            "cora_train_samples_per_second", "training samples per second over the last log interval", keys
+        )
+        self.loss = metrics.Gauge("cora_train_loss", "training loss (mean over ranks) at the last step", keys)
+        self.learning_rate = metrics.Gauge("cora_train_learning_rate", "learning rate at the last step", keys)
+        self.step = metrics.Gauge("cora_train_step", "optimizer steps done", keys)
+        self.steps_total = metrics.Counter(
+            "cora_train_steps_total", "optimizer steps taken by this run", keys
+        )
+        self.samples_total = metrics.Counter(
+            "cora_train_samples_total", "training samples consumed by this run (all workers)", keys
+        )
+
+    def record(
+        self, *, step: int, steps: int, samples: int, seconds: float, loss: float, lr: float
+    ) -> dict[str, float]:
+        """One log interval: `steps` optimizer steps of `samples` samples in `seconds`, ending at `step`
+        with `loss` and `lr`. Returns the values set (for the record)."""
+        mean_step = seconds / steps if steps > 0 else 0.0
+        rate = samples / seconds if seconds > 0 else 0.0
+        t = self.tags
+        self.step_seconds.set(mean_step, tags=t)
+        self.step_time.observe(mean_step, tags=t)
+        self.samples_per_second.set(rate, tags=t)
+        self.loss.set(float(loss), tags=t)
+        self.learning_rate.set(float(lr), tags=t)
+        self.step.set(step, tags=t)
+        if steps > 0:
+            self.steps_total.inc(steps, tags=t)
+        if samples > 0:
+            self.samples_total.inc(samples, tags=t)
+        return {"step_seconds": mean_step, "samples_per_s": rate, "loss": float(loss), "lr": float(lr)}
 
 
 class Progress:
@@ -70,9 +148,12 @@ class Progress:
         start_step: int = 0,
         log_every: int = 1,
         enabled: bool = True,
-        tensorboard: bool = True,
+        tensorboard: bool = False,
         endpoint: str | None = None,
+        metrics: TrainMetrics | None = None,
     ) -> None:
+        """`tensorboard`: write event files (ConfigError naming the extra when not installed). `metrics`: the
+        Prometheus sink (default: a `TrainMetrics` on `ray.util.metrics`, tagged with the run's name)."""
         self.enabled = enabled
         self.max_steps = max_steps
         self.eval_every = eval_every
@@ -95,8 +176,12 @@ class Progress:
         self._first_step_seconds = 0.0
         self._writer = None
         self._local_dir: Path | None = None
+        self.metrics: TrainMetrics | None = None
+        self._metric_window = [0, 0.0]  # steps, seconds since the last export
         if not enabled:
             return
+        writer_class = tensorboard_writer_class() if tensorboard else None  # fail before writing anything
+        self.metrics = metrics if metrics is not None else TrainMetrics(run_name_of(run_uri))
         if self.remote_jsonl:
             self._local_dir = Path(tempfile.mkdtemp(prefix="cora_progress_"))
             self.jsonl_path = self._local_dir / PROGRESS_FILE
@@ -106,9 +191,9 @@ class Progress:
         else:
             Path(run_uri).mkdir(parents=True, exist_ok=True)
             self.jsonl_path = Path(run_uri) / PROGRESS_FILE
-        if tensorboard:
+        if writer_class is not None:
             tb_dir = (self._local_dir or Path(run_uri)) / TENSORBOARD_DIR
-            self._writer = _tensorboard_writer(str(tb_dir))
+            self._writer = writer_class(str(tb_dir))
 
     # ------------------------------------------------------------------------------------------------------
     def _write(self, record: dict) -> None:
@@ -168,6 +253,20 @@ class Progress:
             self._writer.add_scalar("train/loss", loss, step)
             self._writer.add_scalar("train/lr", lr, step)
             self._writer.add_scalar("train/samples_per_s", record["samples_per_s"], step)
+        self._metric_window[0] += 1
+        self._metric_window[1] += step_seconds
+        if step % self.log_every == 0 or step == self.max_steps:
+            steps, seconds = self._metric_window
+            assert self.metrics is not None
+            self.metrics.record(
+                step=step,
+                steps=steps,
+                samples=steps * self.samples_per_step,
+                seconds=seconds,
+                loss=loss,
+                lr=lr,
+            )
+            self._metric_window = [0, 0.0]
         if step % self.log_every == 0 or step == self.max_steps or step == self._start_step + 1:
             say(self.line(step, loss, lr))
 

@@ -6,17 +6,22 @@ Each worker:
 1. builds the frozen LLM, the frozen CF backbone and the trainable parts (same seed on every rank), and
    restores a checkpoint: the run's own latest (`ray.train.get_checkpoint()`, after a worker failure or
    when a stopped run is continued) or the one named by `--resume`;
-2. wraps the model with `deepspeed.initialize` (ZeRO stage from config, fp32 + gloo on CPU, bf16 + nccl on
-   GPU) with a client AdamW over the trainable parameters only and the SPEC §4 warm-up + cosine schedule;
+2. wraps the model with `deepspeed.initialize` (ZeRO stage from config, gloo on CPU, nccl on GPU) with a
+   client AdamW over the trainable parameters only and the SPEC §4 warm-up + cosine schedule. Precision: the
+   frozen LLM is loaded in `llm.dtype` (bf16 on GPU) and the trainable parts stay fp32 — they are the master
+   weights; DeepSpeed's own bf16 mode stays off because it would cast them (deepspeed_config.py);
 3. streams its shard of "train" (`get_dataset_shard("train").iter_torch_batches`), micro-batch by micro-batch
    with gradient accumulation and clipping done by DeepSpeed;
 4. every `eval_every` optimizer steps (and at the last step) scores its shard of "valid" in lockstep with the
    other ranks (a rank whose shard is exhausted runs throw-away forwards on its last training batch, so that
    ZeRO-3's parameter all-gathers stay matched, and drops those scores), gathers every rank's rows, checks that
    each validation row was scored exactly once, and computes AUC / UAUC;
-5. reports the metrics with a checkpoint (trainable tensors gathered from ZeRO-3 partitions; the optimizer
-   state per rank) through `ray.train.report`, and stops early after `patience` validations without a
-   better AUC.
+5. reports the metrics with a checkpoint (fp32 trainable tensors gathered from ZeRO-3 partitions; the
+   optimizer state per rank) through `ray.train.report`, and stops early after `patience` validations without
+   a better AUC.
+
+Rank 0 logs progress (console, progress.jsonl, Prometheus through `ray.util.metrics`, TensorBoard when
+`train.tensorboard`): cora_ray/train/progress.py.
 """
 
 from __future__ import annotations
@@ -160,6 +165,32 @@ def _all_reduce_mean(value: float, device: Any) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
+def parameter_dtypes(model: Any, *, trainable: bool) -> list[str]:
+    """The distinct dtypes (e.g. ["torch.bfloat16"]) of the model's trainable or frozen parameters."""
+    return sorted({str(p.dtype) for p in model.parameters() if p.requires_grad == trainable})
+
+
+def check_precision(model: Any, llm_dtype: Any, *, when: str) -> None:
+    """Trainable parameters fp32 (the master weights) and the frozen LLM in `llm_dtype`, or TrainingError."""
+    from cora_ray.train.deepspeed_config import TRAINABLE_DTYPE
+
+    bad = sorted(
+        {
+            f"{n}: {p.dtype}"
+            for n, p in model.named_parameters()
+            if p.requires_grad and p.dtype != TRAINABLE_DTYPE
+        }
+    )
+    if bad:
+        raise TrainingError(
+            f"{when}: {len(bad)} trainable parameter(s) are not {TRAINABLE_DTYPE} (e.g. {bad[0]}); the trainable "
+            "parts must stay fp32 master weights (DeepSpeed's bf16/fp16 modes must be off: deepspeed_config.py)"
+        )
+    lm = sorted({str(p.dtype) for p in model.lm.parameters() if not p.requires_grad})
+    if lm != [str(llm_dtype)]:
+        raise TrainingError(f"{when}: the frozen LLM's parameters are {lm}, expected {llm_dtype} (llm.dtype)")
+
+
 def _any_rank(flag: bool, device: Any) -> bool:
     import torch
     import torch.distributed as dist
@@ -232,14 +263,27 @@ def validate(
 
 
 def gathered_trainable_state(model: Any, zero_stage: int) -> dict:
-    """The trainable tensors as full CPU tensors (ZeRO-3: all-gathered from the partitions; every rank calls)."""
+    """The trainable tensors as full fp32 CPU tensors (ZeRO-3: all-gathered from the partitions; every rank
+    calls). They are the master weights themselves: DeepSpeed's bf16 mode is off (deepspeed_config.py), so
+    the module's trainable parameters are the fp32 tensors the optimizer updates (ZeRO 0), or exact copies
+    of its fp32 partitions (ZeRO 1-3)."""
     import deepspeed
+
+    from cora_ray.train.deepspeed_config import TRAINABLE_DTYPE
 
     if zero_stage == 3:
         params = model.trainable_parameters()
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {k: v.detach().to("cpu").clone() for k, v in model.trainable_state_dict().items()}
-    return {k: v.detach().to("cpu").clone() for k, v in model.trainable_state_dict().items()}
+            state = {k: v.detach().to("cpu").clone() for k, v in model.trainable_state_dict().items()}
+    else:
+        state = {k: v.detach().to("cpu").clone() for k, v in model.trainable_state_dict().items()}
+    lowered = sorted(k for k, v in state.items() if v.dtype != TRAINABLE_DTYPE)
+    if lowered:
+        raise TrainingError(
+            f"checkpoint: trainable tensor {lowered[0]} is {state[lowered[0]].dtype}, not {TRAINABLE_DTYPE} "
+            f"({len(lowered)} such): a checkpoint must hold the fp32 master weights, not rounded copies"
+        )
+    return state
 
 
 def write_checkpoint(
@@ -328,7 +372,8 @@ def _train(spec: RunSpec, stack: Any) -> None:
     torch.manual_seed(t.seed)
     from cora_ray.llm.loading import load_llm
 
-    llm = load_llm(cfg.llm, device, torch_dtype(precision))
+    llm_dtype = torch_dtype(precision)
+    llm = load_llm(cfg.llm, device, llm_dtype)
     cf = _load_cf(cfg, spec.dataset_hash)
     if cf is not None:
         cf.to(device)
@@ -339,6 +384,7 @@ def _train(spec: RunSpec, stack: Any) -> None:
     model.to(device)
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    check_precision(model, llm_dtype, when="model built")
 
     # --- restore (before DeepSpeed partitions anything) ------------------------------------------------
     restored = _open_restore_point(spec, stack)
@@ -377,6 +423,7 @@ def _train(spec: RunSpec, stack: Any) -> None:
         config=deepspeed_config(t, world_size=world, precision=precision),
         lr_scheduler=lambda opt: WarmupCosineSchedule(opt, **sched_args, last_step=state.step),
     )
+    check_precision(model, llm_dtype, when="after deepspeed.initialize")
     optimizer_note = "fresh"
     if restored is not None:
         same_layout = restored.state.world_size == world and restored.state.zero_stage == t.zero_stage
@@ -401,6 +448,7 @@ def _train(spec: RunSpec, stack: Any) -> None:
         start_step=state.step,
         log_every=t.log_every,
         enabled=rank == 0,
+        tensorboard=t.tensorboard,
         endpoint=spec.endpoint,
     )
     import torch.distributed as dist
@@ -416,6 +464,8 @@ def _train(spec: RunSpec, stack: Any) -> None:
         world_size=world,
         zero_stage=t.zero_stage,
         precision=precision,
+        llm_dtype=parameter_dtypes(model.lm, trainable=False),
+        trainable_dtypes=parameter_dtypes(model, trainable=True),
         device=str(device),
         setup_s=round(time.perf_counter() - t_setup, 2),
         trainable_parameters=trainable_numel,
@@ -427,14 +477,15 @@ def _train(spec: RunSpec, stack: Any) -> None:
             else f"from step {state.step} ({restored.source}; optimizer {optimizer_note})"
         )
         say(
-            f"[train] {world} worker(s), ZeRO-{t.zero_stage}, {precision} on {device}, "
+            f"[train] {world} worker(s), ZeRO-{t.zero_stage}, frozen LLM {precision} + fp32 trainables "
+            f"on {device}, "
             f"{samples_per_step} samples/step; starting {what}; setup {time.perf_counter() - t_setup:.1f} s"
         )
 
     # --- data ---------------------------------------------------------------------------------------
     train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("valid")
     eval_batch = t.eval_batch_size or t.micro_batch_size
+    valid_shard = ray.train.get_dataset_shard("valid")
 
     def micro_batches() -> Iterator[dict]:
         while True:

@@ -34,9 +34,12 @@ def test_config_carries_stage_batch_and_clipping(stage):
 def test_precision_is_fp32_on_cpu_and_bf16_on_gpu():
     assert resolve_precision("auto", use_gpu=False) == "fp32"
     assert resolve_precision("auto", use_gpu=True) == "bf16"
-    assert deepspeed_config(TrainConfig(), world_size=1, precision="bf16")["bf16"]["enabled"]
-    with pytest.raises(ConfigError, match="float16 needs a GPU"):
-        resolve_precision("float16", use_gpu=False)
+    # bf16 is the frozen LLM's dtype only: DeepSpeed's bf16 mode would cast the fp32 trainable parts too
+    ds = deepspeed_config(TrainConfig(), world_size=1, precision="bf16")
+    assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    for use_gpu in (False, True):  # fp32 trainables would get no loss scaling through fp16 activations
+        with pytest.raises(ConfigError, match="float16 is not supported for training"):
+            resolve_precision("float16", use_gpu=use_gpu)
 
 
 def test_weight_decay_on_matrices_only():
