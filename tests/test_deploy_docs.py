@@ -185,21 +185,15 @@ def test_the_serve_config_the_runbook_deploys_is_accepted_by_serve():
 
 
 def test_the_cost_estimates_headline_numbers_follow_from_its_arithmetic():
+    """The per-row numbers; the per-run tables are recomputed from configs/ below."""
     text = RUNBOOK.read_text()
     matmul_params = 32 * (4 * 4096**2 + 3 * 4096 * 11008)  # Vicuna-7B without embeddings / LM head
     forward = 2 * matmul_params * 190
-    ml1m = 2 * forward * 3 * 33_891 + forward * (25 * 5_200 + 7_331)
-    book = 2 * forward * 727_463 + forward * (36 * 6_437 + 25_747)
-    a100 = 312e12 * 0.35
     smol = 30 * (576 * (576 + 192 + 192 + 576) + 3 * 576 * 1536)
     expect = {
         "6.476e9": matmul_params / 1e9,
         "2.46e12": forward / 1e12,
         "4.92e12": 2 * forward / 1e12,
-        "8.4e17": ml1m / 1e17,
-        "4.2e18": book / 1e18,
-        "2.1 h": ml1m / a100 / 3600,
-        "10.7 h": book / a100 / 3600,
         "1.062e8": smol / 1e8,
         "92 GFLOP/s": 2 * smol * 190 / 0.44 / 1e9,
     }
@@ -207,3 +201,82 @@ def test_the_cost_estimates_headline_numbers_follow_from_its_arithmetic():
         assert written in text, f"the runbook no longer states {written}"
         number = float(re.match(r"[\d.]+", written).group())
         assert abs(number - value) / value < 0.01 or abs(number - value) <= 0.05, f"{written} != {value:.4g}"
+
+
+# --- §8: the cost and time table is computed from the shipped configs -------------------------------------
+
+SPLITS = {"ml1m": ("ML-1M", 33_891, 7_331), "book": ("Amazon-Book", 727_463, 25_747)}  # train / test rows
+GPU_PRICE = {"A100": 32.77 / 8, "H100": 98.32 / 8, "A10G": 5.67 / 4}  # $ per GPU-hour (docs/deploy.md §8)
+TIME_ROWS = [  # (row label, GPU, MFU, cost of a training row in forwards)
+    ("A100, MFU 35 % (109 TFLOP/s)", "A100", 0.35, 2),
+    ("A100, MFU 20 %", "A100", 0.20, 2),
+    ("H100, MFU 35 %", "H100", 0.35, 2),
+    ("A10G with gradient checkpointing (3F), MFU 35 %", "A10G", 0.35, 3),
+]
+
+
+def _plans() -> dict:
+    """The plan of every shipped GPU config (one GPU), by dataset; each dataset's configs must agree."""
+    from cora_ray.config import ExperimentConfig, load_config
+    from cora_ray.train.plan import build_plan
+
+    by_dataset: dict = {}
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        prefix = path.name.split("_")[0]
+        if prefix not in SPLITS:
+            continue
+        plan = build_plan(load_config(ExperimentConfig, path, ["train.num_workers=1"]))
+        key = (plan.training_rows, plan.validation_rows, plan.eval_every, plan.tokens_per_row)
+        by_dataset.setdefault(prefix, {})[path.name] = (key, plan)
+    return by_dataset
+
+
+def _sci(x: float, digits: int = 3) -> str:
+    """4.92e17, as the runbook writes FLOP counts."""
+    mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _hours_and_cost(h: float, price: float) -> str:
+    cost = h * price
+    hours = f"{h:.2f}" if h < 1 else f"{h:.1f}"
+    return f"{hours} h, ${cost:.1f}" if cost < 20 else f"{hours} h, ${cost:.0f}"
+
+
+def expected_cost_table() -> list[str]:
+    """The rows of §8's two tables, as the runbook must write them."""
+    from cora_ray.train.plan import PEAK_FLOPS
+
+    rows, times = [], {}
+    plans = _plans()
+    for prefix in SPLITS:
+        configs = plans[prefix]
+        label, train_split, test_rows = SPLITS[prefix]
+        (_, p), *_ = configs.values()
+        f = p.flop_per_forward_row
+        total = p.training_flop + p.validation_flop + test_rows * f
+        rows.append(
+            f"| {label}, batch {p.global_batch_size} | {p.max_steps:,} steps × {p.global_batch_size} = "
+            f"{p.training_rows:,} rows ({p.training_rows / train_split:.2f} epochs) → {_sci(p.training_flop)} | "
+            f"every {p.eval_every:,} steps: {p.validations} × {p.validation_rows_per_validation:,} = "
+            f"{p.validation_rows:,} rows → {_sci(p.validation_flop)} ({100 * p.validation_compute_share:.1f} % of "
+            f"training + validation) | {test_rows:,} rows → {_sci(test_rows * f, 2)} | **{_sci(total, 2)}** |"
+        )
+        for name, gpu, mfu, k in TIME_ROWS:
+            flop = k * p.training_rows * f + p.validation_rows * f + test_rows * f
+            h = flop / (PEAK_FLOPS[gpu] * mfu) / 3600
+            times.setdefault(name, []).append(_hours_and_cost(h, GPU_PRICE[gpu]))
+    rows += [f"| {name} | {' | '.join(cells)} |" for name, cells in times.items()]
+    return rows
+
+
+def test_every_config_of_a_dataset_has_the_budget_the_cost_table_assumes():
+    for prefix, configs in _plans().items():
+        keys = {name: key for name, (key, _) in configs.items()}
+        assert len(set(keys.values())) == 1, f"{prefix} configs differ in steps / validation: {keys}"
+
+
+def test_the_cost_table_is_computed_from_the_shipped_configs():
+    text = RUNBOOK.read_text()
+    missing = [row for row in expected_cost_table() if row not in text]
+    assert not missing, "docs/deploy.md §8 disagrees with configs/; expected rows:\n" + "\n".join(missing)
