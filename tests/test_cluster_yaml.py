@@ -1,11 +1,16 @@
-"""cluster.yaml and runtime_env.yaml: what `ray up` and `ray job submit` would accept, checked offline.
+"""cluster.yaml, the node images and runtime_env.yaml: what `ray up`, `docker build` and `ray job submit`
+would accept, checked offline.
 
 - The JSON schema that ships inside the installed ray package (ray/autoscaler/ray-schema.json), applied
   to the file as written, then Ray's own `prepare_config` + `validate_config` — the steps `ray up` runs
   before it contacts AWS (it merges the provider's defaults and checks head type and worker counts).
 - Logic the schema cannot express: a head that schedules nothing, worker types that scale from zero, GPU
   resources that match the instance type, a ZeRO-3 type with room for a frozen 7B LLM, instance
-  profiles instead of credentials, the CUDA torch pinned like pyproject.toml, the Serve and dashboard ports.
+  profiles instead of credentials, the Serve and dashboard ports.
+- The node images: every runtime dependency pinned (requirements/lock.txt, torch per image like
+  pyproject.toml), a CPU image without CUDA torch for CPU nodes, the GPU image for GPU nodes, both built
+  from the shipped Dockerfile as docs/deploy.md §2 builds them, and nothing installed at boot.
+  (`docker build` itself cannot run here: no registry access is assumed.)
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
 RUNTIME_ENV_YAML = REPO / "runtime_env.yaml"
+DOCKERFILE = REPO / "Dockerfile"
+REQUIREMENTS = REPO / "requirements"
+LOCK = REQUIREMENTS / "lock.txt"
+RUNBOOK = REPO / "docs" / "deploy.md"
+DEV_ONLY = {"pytest", "moto", "ruff", "peft"}
+INSTALLS = re.compile(r"\b(pip3?|uv pip|conda|mamba|apt-get|apt|yum|dnf)\s+install\b")
 
 # What AWS sells under each instance type we allow: vCPUs, GPUs, GB of memory per GPU, and the name
 # Ray gives the GPU (its `accelerator_type:<name>` resource). Add a row to use another type.
@@ -178,22 +189,140 @@ def test_spot_is_offered_commented_out_and_nodes_are_on_demand_by_default(cluste
         assert "InstanceMarketOptions" not in t["node_config"], f"{name}: spot is on; keep it commented"
 
 
-def test_setup_installs_this_package_after_the_cuda_torch_pinned_like_pyproject(cluster):
-    # the pin in pyproject.toml's dependencies (regex: tomllib is 3.11+, the project supports 3.10)
-    pin = re.search(r'"(torch==[^"]+)"', (REPO / "pyproject.toml").read_text())
+def _pyproject_torch_version() -> str:
+    # regex: tomllib is 3.11+, the project supports 3.10
+    pin = re.search(r'"torch==([^"]+)"', (REPO / "pyproject.toml").read_text())
     assert pin, "pyproject.toml pins no torch version"
-    torch_pin = pin.group(1)
-    cmds = cluster["setup_commands"]
-    torch_at = [
-        i for i, c in enumerate(cmds) if f"pip install -q {torch_pin}" in c or f"pip install {torch_pin}" in c
-    ]
-    assert torch_at, f"setup_commands must install {torch_pin} (the CUDA build from PyPI)"
-    assert not any("whl/cpu" in c or "+cpu" in c.split("#")[0] for c in cmds), "a CPU torch on GPU nodes"
-    mounts = cluster["file_mounts"]
-    repo_mount = next(remote for remote, local in mounts.items() if local in (".", "./"))
-    pkg_at = [i for i, c in enumerate(cmds) if "pip install" in c and repo_mount in c]
-    assert pkg_at, f"setup_commands must pip install the repository mounted at {repo_mount}"
-    assert torch_at[0] < pkg_at[0], "install torch before the package, or deepspeed may pull another torch"
+    return pin.group(1)
+
+
+def _pyproject_version() -> str:
+    found = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    assert found, "pyproject.toml has no [project] version"
+    return found.group(1)
+
+
+def _requirement_lines(path: Path) -> list[str]:
+    return [ln.split("#")[0].strip() for ln in path.read_text().splitlines() if ln.split("#")[0].strip()]
+
+
+def _all_setup_commands(cluster: dict) -> list[str]:
+    cmds = []
+    for key in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands"):
+        cmds += cluster.get(key) or []
+    for t in cluster["available_node_types"].values():
+        cmds += (t.get("initialization_commands") or []) + (t.get("worker_setup_commands") or [])
+    return cmds
+
+
+def test_the_lock_pins_every_runtime_dependency_exactly():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = _requirement_lines(LOCK)
+    pins = {}
+    for line in lines:
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)", line)
+        assert m, f"requirements/lock.txt: {line!r} is not a name==version pin"
+        pins[canonicalize_name(m.group(1))] = m.group(2)
+    assert len(pins) == len(lines), "a package is pinned twice"
+    assert "torch" not in pins and not any(n.startswith("nvidia-") for n in pins), (
+        "torch is chosen per image (requirements/torch-*.txt), not in the lock"
+    )
+    assert not DEV_ONLY & set(pins), f"dev-only tools in the runtime lock: {sorted(DEV_ONLY & set(pins))}"
+    deps = re.search(r"^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(), re.M | re.S)
+    assert deps
+    for spec in re.findall(r'"([^"]+)"', deps.group(1)):
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        if name == "torch":
+            continue
+        assert name in pins, f"pyproject.toml's {spec} is not in requirements/lock.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"requirements/lock.txt pins {name}=={pins[name]}, outside pyproject.toml's {spec}"
+        )
+    # the closure: what the pinned packages themselves need (ray's extras, deepspeed's hjson, ...)
+    for name in ("ray", "deepspeed", "transformers", "tokenizers", "huggingface-hub", "numpy", "fastapi"):
+        assert name in pins, f"{name} is missing from the lock"
+    assert "requirements/lock.py" in LOCK.read_text(), "the lock must say how to regenerate it"
+
+
+def test_torch_per_image_is_pyprojects_pin_and_the_cpu_image_gets_the_cpu_build():
+    version = _pyproject_torch_version()
+    cpu = _requirement_lines(REQUIREMENTS / "torch-cpu.txt")
+    gpu = _requirement_lines(REQUIREMENTS / "torch-gpu.txt")
+    assert [ln for ln in cpu if not ln.startswith("--")] == [f"torch=={version}+cpu"]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in cpu
+    assert gpu == [f"torch=={version}"], "the GPU image installs PyPI's CUDA build of pyproject's torch"
+
+
+def test_the_dockerfile_installs_only_pinned_files_and_checks_the_torch_build():
+    text = DOCKERFILE.read_text()
+    body = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+    assert re.search(r"^ARG VARIANT=(cpu|gpu)$", body, re.M), "the variant is a build arg"
+    base = re.search(r"^ARG PYTHON_IMAGE=python:(\d+\.\d+)\.\d+-slim-\w+$", body, re.M)
+    assert base, "the base image pins a Python patch release"
+    locked_py = re.search(r"Python (\d+\.\d+)", LOCK.read_text())
+    assert locked_py and base.group(1) == locked_py.group(1), "the image's Python is not the lock's"
+    installs = re.findall(r"pip install ([^&\n\\]+)", body)
+    assert installs, "the Dockerfile installs nothing"
+    for args in installs:
+        for token in args.split():
+            if token.startswith("-") or token == "/home/ubuntu/cora_ray":
+                continue
+            if token.startswith("/tmp/requirements/"):
+                name = token[len("/tmp/requirements/") :].replace("${VARIANT}", "{}")
+                for variant in ("cpu", "gpu"):
+                    assert (REQUIREMENTS / name.format(variant)).is_file(), f"no requirements/{name}"
+                continue
+            assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+_-]+", token), f"unpinned install: {token!r}"
+    assert "torch-${VARIANT}.txt" in body and "lock.txt" in body
+    assert "--no-deps --no-build-isolation -e /home/ubuntu/cora_ray" in body, (
+        "the package goes in without touching the pinned set"
+    )
+    # the build fails when the torch build does not match the variant (CUDA in a CPU image or the reverse)
+    assert "torch.version.cuda" in body and "'$VARIANT' == 'cpu'" in body
+    assert "COPY requirements/" in body and ".venv" in (REPO / ".dockerignore").read_text()
+
+
+def test_cpu_nodes_run_the_cpu_image_and_gpu_nodes_the_gpu_image(cluster):
+    docker = cluster["docker"]
+    version = _pyproject_version()
+    images = {}
+    for name, t in cluster["available_node_types"].items():
+        if name == cluster["head_node_type"]:
+            images[name] = docker["head_image"]
+        else:
+            images[name] = (t.get("docker") or {}).get("worker_image") or docker["worker_image"]
+    repos = {img.rsplit(":", 1)[0] for img in images.values()}
+    assert len(repos) == 1, f"all node images come from one repository: {repos}"
+    for name, image in images.items():
+        gpus = cluster["available_node_types"][name]["resources"].get("GPU", 0)
+        want = f":{version}-{'gpu' if gpus else 'cpu'}"
+        assert image.endswith(want), f"{name} ({gpus} GPUs) runs {image}, expected a tag ending {want}"
+    # docs/deploy.md §2 builds and pushes exactly these tags from the shipped Dockerfile
+    runbook = RUNBOOK.read_text()
+    for variant in ("cpu", "gpu"):
+        assert re.search(
+            rf"docker build [^\n]*--build-arg VARIANT={variant} [^\n]*-t \$IMAGE_REPO:{version}-{variant} \.",
+            runbook,
+        ), f"docs/deploy.md does not build the {variant} image"
+        assert f"docker push $IMAGE_REPO:{version}-{variant}" in runbook
+    # the hosts log in to the registry the images are in before Ray pulls them
+    registry = next(iter(repos)).split("/", 1)[0]
+    init = " ".join(cluster["initialization_commands"])
+    assert "docker login" in init and registry in init
+
+
+def test_no_node_installs_packages_at_boot(cluster):
+    for cmd in _all_setup_commands(cluster):
+        assert not INSTALLS.search(cmd), f"a setup command installs packages at boot: {cmd!r}"
+    gpu_types = [n for n, t in cluster["available_node_types"].items() if t["resources"].get("GPU", 0)]
+    for name in gpu_types:
+        checks = " ".join(cluster["available_node_types"][name].get("worker_setup_commands") or [])
+        assert "torch.cuda.is_available()" in checks, f"{name} does not check that its image has CUDA"
+    start = " ".join(cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"])
+    assert "~/cora/bin" not in start, "Ray comes from the image, not from a venv made at boot"
 
 
 def test_ports_for_serve_and_the_dashboard(cluster):
@@ -217,8 +346,10 @@ def test_serve_config_imports_resolve_from_the_repository_on_every_node(cluster)
     if not serve_config.is_file():
         pytest.skip("serve.config is not there yet")
     repo_mount = next(remote for remote, local in cluster["file_mounts"].items() if local in (".", "./"))
-    cmds = cluster["setup_commands"]
-    assert any(".pth" in c and repo_mount in c for c in cmds), "put the repository mount on the nodes' path"
+    dockerfile = DOCKERFILE.read_text()
+    # the image copies the repository where `ray up` mounts it and puts that directory on sys.path
+    assert f"COPY --chown=ubuntu:ubuntu . {repo_mount}" in dockerfile
+    assert ".pth" in dockerfile and f"write_text('{repo_mount}" in dockerfile
     for app in yaml.safe_load(serve_config.read_text()).get("applications", []):
         module = app["import_path"].split(":")[0]
         assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{module} is not in the repository"

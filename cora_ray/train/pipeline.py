@@ -7,6 +7,7 @@
     # in a worker
     for batch in iter_model_batches(ray.train.get_dataset_shard("train"), batch_size=8, pad_id=0, ...):
         ...                                   # dict of tensors: input_ids (B, T) left-padded, attention_mask, ...
+    valid = ReplayedShard(ray.train.get_dataset_shard("valid"), batch_size=8, pad_id=0)  # encoded once
 
 - `read_parquet` streams the split's parts (local or s3://, pyarrow filesystem passed explicitly so that the
   endpoint reaches every read task); rows are never collected in one process.
@@ -216,6 +217,36 @@ def iter_model_batches(
     )
     for batch in it:
         yield batch if device is None else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class ReplayedShard:
+    """A worker's validation shard: streamed through Ray Data on the first pass, replayed from memory after.
+
+    The "valid" dataset is not materialised by the driver (on a cluster whose head advertises CPU: 0, that
+    would start a CPU node just to encode it before the training node exists): it is encoded on the first
+    validation, by Ray Data tasks that run beside the training workers, on their node's CPUs. The first pass
+    keeps its collated CPU batches (ML-1M valid_small: ~20 MB of token ids over all ranks); every later
+    validation replays them without running Ray Data again. A pass that did not finish is not kept."""
+
+    def __init__(self, shard: Any, *, batch_size: int, pad_id: int, device: Any = None) -> None:
+        self.shard, self.batch_size, self.pad_id, self.device = shard, batch_size, pad_id, device
+        self.cached: list[dict[str, Any]] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.cached is not None:
+            for batch in self.cached:
+                yield self._on_device(batch)
+            return
+        kept = []
+        for batch in iter_model_batches(self.shard, batch_size=self.batch_size, pad_id=self.pad_id):
+            kept.append(batch)
+            yield self._on_device(batch)
+        self.cached = kept
+
+    def _on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.device is None:
+            return batch
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
 
 def train_data_config():

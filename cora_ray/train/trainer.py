@@ -334,9 +334,11 @@ def build_datasets(plan: RunPlan) -> dict[str, Any]:
     valid = split_dataset(
         cfg.data.uri, VALID_SPLIT, plan.encoder_factory, endpoint=plan.endpoint, keep_keys=keep
     )
-    # Encoded once, scored at every validation: a fresh execution per validation would pay the encoder
-    # actors' start-up each time (seconds), and valid_small is small (ML-1M: 5,200 rows, ~20 MB of token ids).
-    return {"train": train, "valid": valid.materialize()}
+    # Lazy, not materialised here: the driver runs on the head (CPU: 0 in cluster.yaml), so encoding now would
+    # make the autoscaler start a CPU node for it before the training node exists. The workers encode it on
+    # their first validation (Ray Data tasks on the training node's CPUs) and replay it from memory after
+    # (pipeline.ReplayedShard).
+    return {"train": train, "valid": valid}
 
 
 def build_trainer(plan: RunPlan) -> Any:
@@ -344,6 +346,7 @@ def build_trainer(plan: RunPlan) -> Any:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from cora_ray.train.best_alias import BestAliasCallback
     from cora_ray.train.pipeline import train_data_config
     from cora_ray.train.worker import RunSpec, train_loop_per_worker
 
@@ -383,6 +386,7 @@ def build_trainer(plan: RunPlan) -> Any:
                 checkpoint_score_order="max",
             ),
             worker_runtime_env={"env_vars": worker_env(cfg)},
+            callbacks=[BestAliasCallback(plan.run_uri, plan.endpoint)],
         ),
     )
 
@@ -402,6 +406,7 @@ class TrainingSummary:
     seconds: float
     progress_file: str
     checkpoints: list[str]
+    best_alias: str | None = None  # <run>/best: a copy of best_checkpoint (cora_ray/train/best_alias.py)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -454,6 +459,7 @@ def format_summary(s: TrainingSummary, cfg: ExperimentConfig) -> str:
         f" run          {s.run_uri}",
         "-" * 78,
         f" best checkpoint: {s.best_checkpoint}",
+        f" best alias:      {s.best_alias}  (a stable copy of it: evaluate / serve this URI)",
         "=" * 78,
     ]
     return "\n".join(lines)
@@ -463,6 +469,8 @@ def run_training(plan: RunPlan, *, num_cpus: int | None = None, quiet: bool = Fa
     """Start or join Ray, fit, write `<run>/summary.json`, print the summary. Shuts down a Ray it started."""
     started = ensure_ray(plan.cfg, num_cpus)
     from ray.data import DataContext
+
+    from cora_ray.train.best_alias import publish_final
 
     ctx = DataContext.get_current()  # copied into the Train workers by Ray Train
     ctx.enable_progress_bars = False
@@ -476,6 +484,7 @@ def run_training(plan: RunPlan, *, num_cpus: int | None = None, quiet: bool = Fa
             print(f"[train] {what}", flush=True)
         result = build_trainer(plan).fit()
         summary = summarize(result, plan, time.perf_counter() - t0)
+        summary.best_alias = publish_final(summary.best_checkpoint, plan.run_uri, plan.endpoint)
         storage.write_text(
             storage.join(plan.run_uri, SUMMARY_FILE),
             json.dumps(summary.to_dict(), indent=2, default=str) + "\n",

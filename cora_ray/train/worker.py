@@ -353,7 +353,7 @@ def _train(spec: RunSpec, stack: Any) -> None:
         resolve_precision,
         torch_dtype,
     )
-    from cora_ray.train.pipeline import iter_model_batches
+    from cora_ray.train.pipeline import ReplayedShard, iter_model_batches
     from cora_ray.train.progress import Progress, say
     from cora_ray.train.schedule import WarmupCosineSchedule
     from cora_ray.train.state import TrainState, inner_optimizer, load_optimizer_state
@@ -485,7 +485,9 @@ def _train(spec: RunSpec, stack: Any) -> None:
     # --- data ---------------------------------------------------------------------------------------
     train_shard = ray.train.get_dataset_shard("train")
     eval_batch = t.eval_batch_size or t.micro_batch_size
-    valid_shard = ray.train.get_dataset_shard("valid")
+    valid_shard = ReplayedShard(
+        ray.train.get_dataset_shard("valid"), batch_size=eval_batch, pad_id=spec.pad_id, device=device
+    )
 
     def micro_batches() -> Iterator[dict]:
         while True:
@@ -536,9 +538,7 @@ def _train(spec: RunSpec, stack: Any) -> None:
 
         if state.step % t.eval_every == 0 or state.step >= t.max_steps:
             t_eval = time.perf_counter()
-            valid_batches = iter(
-                iter_model_batches(valid_shard, batch_size=eval_batch, pad_id=spec.pad_id, device=device)
-            )
+            valid_batches = iter(valid_shard)  # Ray Data encodes it on the first validation only
             metrics = validate(engine, valid_batches, last_batch, spec.valid_keys, device)
             if metrics["valid_auc"] > state.best_auc:
                 state.best_auc, state.best_step, state.bad_evals = metrics["valid_auc"], state.step, 0

@@ -99,6 +99,12 @@ def test_two_workers_zero2_train_validate_and_checkpoint_without_llm_weights(
         ckpt / "optimizer" / "rank-1.safetensors"
     ).is_file()
 
+    # the run's stable `best` alias is a copy of that checkpoint (cora_ray/train/best_alias.py)
+    alias = Path(summary.best_alias)
+    assert alias == Path(summary.run_uri) / "best"
+    assert json.loads((alias / "manifest.json").read_text()) == {**manifest, "alias_of": str(ckpt)}
+    assert (alias / "trainable.safetensors").read_bytes() == (ckpt / "trainable.safetensors").read_bytes()
+
     # the checkpoint holds exactly the trainable tensors: generator + P, nothing of the LLM
     saved = load_file(str(ckpt / "trainable.safetensors"))
     model, llm = build_reference_model(tiny_inputs, cfg)
