@@ -241,3 +241,129 @@ def test_sources_can_be_read_from_s3(s3_bucket, tmp_path):
 def test_missing_bucket_is_reported_before_any_work(s3_server):
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
         prepare("synthetic", "s3://no-such-bucket/ds", progress=pytest.fail)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parallel directory download (model directories on S3)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _model_like_prefix(local: Path) -> dict[str, bytes]:
+    """A directory like a sharded model: small JSON files, empty file, nested file, multi-range 'shards'."""
+    import os
+
+    files = {
+        "config.json": b'{"model_type": "llama"}',
+        "tokenizer.json": b"{}" * 50,
+        "empty.txt": b"",
+        "sub/dir/nested.bin": os.urandom(777),
+        **{f"model-{i:05d}-of-00006.safetensors": os.urandom(5000 + 1234 * i) for i in range(1, 7)},
+    }
+    for rel, data in files.items():
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_bytes(data)
+    return files
+
+
+def test_a_multi_file_prefix_downloads_completely_in_parallel_ranges(s3_bucket, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    files = _model_like_prefix(tmp_path / "src")
+    uri = f"{s3_bucket}/models/many"
+    storage.upload_dir(tmp_path / "src", uri)
+    monkeypatch.setattr(storage, "DOWNLOAD_CHUNK_BYTES", 2048)  # every shard is fetched as several ranges
+    original = storage._download_range
+    lock = threading.Lock()
+    active, peak, ranges = [0], [0], []
+
+    def observed(fs, info, dest, offset, length, source):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            ranges.append((Path(dest).name, offset, length))
+        time.sleep(0.05)  # long enough for the pool's other threads to start theirs
+        try:
+            return original(fs, info, dest, offset, length, source)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(storage, "_download_range", observed)
+    out = storage.download_dir(uri, tmp_path / "out", threads=8)
+    got = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert got == files, "the download differs from the uploaded files"
+    assert peak[0] > 1, "ranges were fetched one at a time"
+    # every byte of every non-empty file came from exactly one range
+    for name, data in files.items():
+        spans = sorted((o, n) for f, o, n in ranges if f == Path(name).name)
+        assert sum(n for _, n in spans) == len(data)
+        assert [o for o, _ in spans] == list(range(0, len(data), 2048))
+
+
+def test_a_failed_range_leaves_no_complete_cache_and_the_next_call_downloads_again(
+    s3_bucket, tmp_path, monkeypatch
+):
+    files = _model_like_prefix(tmp_path / "src")
+    uri = f"{s3_bucket}/models/flaky"
+    storage.upload_dir(tmp_path / "src", uri)
+    monkeypatch.setattr(storage, "DOWNLOAD_CHUNK_BYTES", 2048)
+    original = storage._download_range
+
+    def flaky(fs, info, dest, offset, length, source):
+        if info.path.endswith("model-00004-of-00006.safetensors") and offset == 2048:
+            raise StorageError("connection reset (simulated)")
+        return original(fs, info, dest, offset, length, source)
+
+    monkeypatch.setattr(storage, "_download_range", flaky)
+    cache = tmp_path / "cache"
+    with pytest.raises(StorageError, match="simulated"):
+        storage.localize(uri, cache)
+    assert list(cache.iterdir()) == [], "a partial download was left where a reader could take it"
+    monkeypatch.setattr(storage, "_download_range", original)
+    local = storage.localize(uri, cache)
+    assert {
+        p.relative_to(local).as_posix(): p.read_bytes()
+        for p in local.rglob("*")
+        if p.is_file() and p.name != ".complete"
+    } == files
+
+
+def test_a_short_read_is_an_error_not_a_truncated_file(s3_bucket, tmp_path, monkeypatch):
+    _model_like_prefix(tmp_path / "src")
+    uri = f"{s3_bucket}/models/short"
+    storage.upload_dir(tmp_path / "src", uri)
+    real_filesystem = storage.filesystem
+
+    class Short:
+        """An input file whose object ends one byte before its listed size."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read_at(self, n, offset):
+            return self.f.read_at(n, offset)[: max(0, n - 1)]
+
+    class ShortFS:
+        def __init__(self, fs):
+            self.fs = fs
+
+        def get_file_info(self, selector):
+            return self.fs.get_file_info(selector)
+
+        def open_input_file(self, path):
+            return Short(self.fs.open_input_file(path))
+
+    def short_filesystem(u, endpoint=None):
+        fs, path = real_filesystem(u, endpoint)
+        return ShortFS(fs), path
+
+    monkeypatch.setattr(storage, "filesystem", short_filesystem)
+    with pytest.raises(StorageError, match="ended at byte"):
+        storage.download_dir(uri, tmp_path / "out")
