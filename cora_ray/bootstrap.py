@@ -3,9 +3,9 @@ commands that make them.
 
 - `prepare_data_command` / `pretrain_cf_command`: the job a user types, for error messages and hints.
 - `build_missing_demo_inputs`: what `python jobs/train.py` (no arguments) and `make demo` run first: real ML-1M
-  from the installed package and an MF artifact on it (~1 min on 2 shared cores; the Ray start-up of pretrain_cf is
-  most of it), each only when its directory has no manifest.json. Each step is the job a user would type,
-  printed first and run as a subprocess.
+  from the installed package (seconds) and an MF artifact on it (Ray start-up + MF epochs: 1-3 min on 2 shared
+  cores), each only when its directory has no manifest.json. Each step is the job a user would type, printed
+  first and run as a subprocess.
 """
 
 from __future__ import annotations

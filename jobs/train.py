@@ -17,7 +17,7 @@ submitted job runs in an uploaded copy of the repository that has no artifacts/ 
 Everything is checked before Ray starts (dataset and CF manifests, tokenizer and answer token, values in
 range, workers vs CPUs); a problem is one line on stderr and exit code 2; a missing dataset or CF artifact
 is named with the command that makes it. The demo config (no --config) builds its own missing inputs first:
-real ML-1M and an MF artifact (about a minute, cora_ray/bootstrap.py).
+real ML-1M and an MF artifact (1-3 min on 2 cores, cora_ray/bootstrap.py).
 
 --plan prints the resolved run and starts nothing (no Ray, no model, nothing downloaded): global batch =
 micro-batch x workers x accumulation, steps, epochs, validation rows and their share of compute, FLOP and
@@ -99,7 +99,7 @@ def build_demo_inputs(cfg) -> None:
     if has_manifest(cfg.data.uri) and has_manifest(cfg.model.cf_artifact):
         return
     print(
-        "[train] the demo needs the ML-1M dataset and an MF artifact: building what is missing (about a minute)",
+        "[train] the demo needs the ML-1M dataset and an MF artifact: building what is missing (1-3 min on 2 cores)",
         flush=True,
     )
     build_missing_demo_inputs(REPO, cfg.data.uri, cfg.model.cf_artifact, prefix="[train]")
