@@ -70,6 +70,9 @@ def test_unknown_override_key_is_named():
         ("train.zero_stage=4", "zero_stage must be 0, 1, 2 or 3"),
         ("model.method=bert", "model.method' must be one of"),
         ("llm.dtype=int3", "llm.dtype' must be one of"),
+        ("train.global_batch_size=0", "train.global_batch_size must be > 0"),
+        ("train.micro_batch_size=0", "train.micro_batch_size must be > 0"),
+        ("train.max_micro_batch_size=-1", "train.max_micro_batch_size must be > 0"),
     ],
 )
 def test_out_of_range_values_are_refused(override, message):
@@ -103,7 +106,20 @@ def test_every_shipped_config_loads():
         p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if "compare" not in p.name
     )
     for p in configs:
-        load_config(ExperimentConfig, p)
+        t = load_config(ExperimentConfig, p).train
+        # every config resolves to one batch split (cora_ray/train/batch.py), written back into the config
+        assert t.global_batch_size == t.micro_batch_size * t.num_workers * t.grad_accum_steps, p.name
+
+
+def test_batch_keys_resolve_when_the_config_is_built(tmp_path):
+    p = write(tmp_path, "train:\n  global_batch_size: 8\n  num_workers: 2\n")
+    t = load_config(ExperimentConfig, p).train
+    assert (t.micro_batch_size, t.grad_accum_steps) == (4, 1)
+    t = load_config(ExperimentConfig, p, ["train.max_micro_batch_size=2"]).train
+    assert (t.micro_batch_size, t.grad_accum_steps) == (2, 2)
+    with pytest.raises(ConfigError, match="train.global_batch_size=8 must equal") as exc:
+        load_config(ExperimentConfig, p, ["train.micro_batch_size=2", "train.grad_accum_steps=1"])
+    assert str(p) in str(exc.value)  # the file the keys came from is named too
 
 
 def test_scientific_notation_without_dot_is_a_number(tmp_path):
