@@ -145,3 +145,27 @@ def test_on_s3_the_alias_is_published_and_replaced_manifest_last(s3_bucket):
     ]
     for k, v in load_trainable(b).items():
         assert torch.equal(load_trainable(alias)[k], v)
+
+
+def test_serve_config_names_the_alias_the_runbooks_training_command_publishes():
+    """serve.config's checkpoint is `<train.storage_path>/<run_name>/best` of the ML-1M CoRA-MF training
+    command in docs/deploy.md (its storage_path and data.uri overrides, configs/ml1m_cora_mf.yaml's run_name),
+    and its data_uri that command's dataset: the path exists once that run has validated once."""
+    import re
+
+    import yaml
+
+    from cora_ray.config import ExperimentConfig, load_config
+
+    repo = Path(__file__).resolve().parents[2]
+    runbook = (repo / "docs" / "deploy.md").read_text().replace("$BUCKET", "YOUR-BUCKET")
+    command = re.search(r"jobs/train\.py --config configs/ml1m_cora_mf\.yaml \\\n(?:.*\\\n)*.*\n", runbook)
+    assert command, "docs/deploy.md has no multi-line training command for configs/ml1m_cora_mf.yaml"
+    overrides = re.findall(r"(\S+=\S+)", command.group(0))
+    cfg = load_config(ExperimentConfig, str(repo / "configs" / "ml1m_cora_mf.yaml"), overrides)
+    assert storage.is_s3(cfg.train.storage_path) and cfg.train.run_name
+    app = yaml.safe_load((repo / "serve.config").read_text())["applications"][0]
+    scorer = next(d for d in app["deployments"] if d["name"] == "CoRAScorer")
+    expected = best_alias_uri(storage.join(cfg.train.storage_path, cfg.train.run_name))
+    assert scorer["user_config"]["checkpoint_uri"] == expected
+    assert app["args"]["data_uri"] == cfg.data.uri
