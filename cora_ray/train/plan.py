@@ -259,18 +259,18 @@ def format_plan(p: RunPlan) -> str:
     per_val = _num(p.validation_rows_per_validation, ",")
     lines = [
         f"[plan] {p.config or p.name}: {p.method}, base LLM {p.llm}",
-        f"  global batch    {p.global_batch_size} rows/step = micro-batch {p.micro_batch_size} × {p.num_workers} "
+        f"  global batch     {p.global_batch_size} rows/step = micro-batch {p.micro_batch_size} × {p.num_workers} "
         f"worker(s) × {p.grad_accum_steps} accumulation step(s)",
-        f"  steps           {p.max_steps:,} (at most; early stopping may end sooner) → {p.training_rows:,} "
+        f"  steps            {p.max_steps:,} (at most; early stopping may end sooner) → {p.training_rows:,} "
         f"training rows, {epochs}",
-        f"  validation      every {p.eval_every:,} steps → {p.validations:,} validations × {per_val} rows = "
+        f"  validation       every {p.eval_every:,} steps → {p.validations:,} validations × {per_val} rows = "
         f"{_num(p.validation_rows, ',')} rows",
         f"  validation share {share} of compute (a validation row = 1/{p.train_row_cost_in_forwards} of a "
         "training row: forward only vs forward + activation backward of the frozen LLM)",
-        f"  FLOP            {_num(p.total_flop, '.3g')} = (training {_num(p.training_flop, '.3g')} + validation "
+        f"  FLOP             {_num(p.total_flop, '.3g')} = (training {_num(p.training_flop, '.3g')} + validation "
         f"{_num(p.validation_flop, '.3g')}); N = {_num(p.llm_matmul_parameters, '.4g')} matmul weights "
         f"({p.llm_parameters_source}), {p.tokens_per_row} tokens/row (assumed), forward = 2·N·T",
-        f"  {p.device}-hours       {_num(p.device_hours, '.2f')} at {p.device_flops / 1e12:g} TFLOP/s × MFU "
+        f"  {(p.device + '-hours'):<17}{_num(p.device_hours, '.2f')} at {p.device_flops / 1e12:g} TFLOP/s × MFU "
         f"{p.mfu:.0%}; wall ≈ {_num(p.wall_hours, '.2f')} h on {p.num_workers} worker(s) at the same MFU",
     ]
     lines += [f"  note: {n}" for n in p.notes]
