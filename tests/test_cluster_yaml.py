@@ -237,9 +237,10 @@ def test_the_lock_pins_every_runtime_dependency_exactly():
         name = canonicalize_name(req.name)
         if name == "torch":
             continue
-        assert name in pins, f"pyproject.toml's {spec} is not in requirements/lock.txt"
+        regenerate = "make setup, then regenerate it: .venv/bin/python requirements/lock.py"
+        assert name in pins, f"pyproject.toml's {spec} is not in requirements/lock.txt; {regenerate}"
         assert req.specifier.contains(pins[name], prereleases=True), (
-            f"requirements/lock.txt pins {name}=={pins[name]}, outside pyproject.toml's {spec}"
+            f"requirements/lock.txt pins {name}=={pins[name]}, outside pyproject.toml's {spec}; {regenerate}"
         )
     # the closure: what the pinned packages themselves need (ray's extras, deepspeed's hjson, ...)
     for name in ("ray", "deepspeed", "transformers", "tokenizers", "huggingface-hub", "numpy", "fastapi"):
