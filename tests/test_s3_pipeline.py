@@ -207,11 +207,18 @@ def test_train_job_with_storage_path_on_s3(bucket, job_env, tmp_path_factory):
 
     config = tmp_path_factory.mktemp("train") / "s3_pipeline.yaml"
     config.write_text(yaml.safe_dump(_experiment(bucket)))
-    run_job(job_env, "jobs/train.py", "--config", str(config), timeout=900)
-    found = _checkpoints_under(f"{bucket}/cora_ray/runs")
+    proc = run_job(job_env, "jobs/train.py", "--config", str(config), timeout=900)
+    alias = f"{bucket}/cora_ray/runs/s3-pipeline/best"
+    found = [c for c in _checkpoints_under(f"{bucket}/cora_ray/runs") if c[0] != alias]
     assert found, f"no checkpoint (manifest.json of kind cora_ray.checkpoint) under {bucket}/cora_ray/runs"
     best = max(found, key=lambda c: (c[1].get("metrics") or {}).get("valid_auc", 0.0))
-    STATE["checkpoint_uri"], STATE["checkpoint_source"] = best[0], "jobs/train.py"
+    # the stable alias the docs and serve.config name: a copy of the best checkpoint, published during the run
+    alias_manifest = storage.read_json(f"{alias}/manifest.json")
+    assert alias_manifest.pop("alias_of") in [c[0] for c in found]
+    assert alias_manifest["metrics"]["valid_auc"] == best[1]["metrics"]["valid_auc"]
+    output = proc.stdout + proc.stderr  # the controller's line comes through Ray's log forwarding
+    assert f"best alias:      {alias}" in output and f"[train] best alias {alias} = " in output
+    STATE["checkpoint_uri"], STATE["checkpoint_source"] = alias, "jobs/train.py (the run's best alias)"
 
 
 def _write_checkpoint_in_process(bucket: str) -> str:
