@@ -8,9 +8,17 @@ Two deployments, wiring only (the rules live in cora_ray.infer.service, the mode
 - `CoRAIngress` validates requests (pydantic models, size limits), maps raw ids to int ids and histories
   (`Catalog`), and calls the scorer; OpenAPI docs at /docs.
 - `CoRAScorer` holds a `ScoringEngine` (Scorer + G cache). `@serve.batch` gathers jobs of different
-  users into one batch; the engine splits candidate lists into rows. Its `user_config` (ScorerOptions)
-  sets batch size / wait / cache budget and may name a new checkpoint: a reload in place, no restart.
+  users into one batch; the engine splits candidate lists into rows and runs one forward per chunk.
+  Its `user_config` (ScorerOptions) is the one place that names the checkpoint (`checkpoint_uri`) and sets
+  batch size / wait / rows per forward / cache budget / the admission bound; a new `checkpoint_uri` is a
+  reload in place (trainable tensors only, cora_ray/infer/reload.py), no restart.
   Calls are routed per user (serve/routing.py) so a user's G stays hot on one replica.
+
+Admission is counted in rows (cora_ray/infer/admission.py): a replica accepts at most
+`max_queued_rows` rows not yet answered; past it the request gets 503 with `Retry-After` at once. The
+replica reports its queued rows to the autoscaler (`record_autoscaling_stats`), which scales on them
+(serve/autoscaling.py). Health: `/healthz` answers 200 with `"status": "degraded"` and the error when
+the last reload failed (the replica still serves its previous checkpoint, named in `/v1/model`).
 """
 
 # No `from __future__ import annotations`: FastAPI must see the request models as classes, not strings,
@@ -37,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cora_ray import storage
 from cora_ray.config import from_dict
 from cora_ray.errors import ConfigError, CoraError
+from cora_ray.infer.admission import Overloaded, RowAdmission
 from cora_ray.infer.service import (
     Catalog,
     RankedItem,
@@ -63,14 +72,19 @@ logger = logging.getLogger("ray.serve")
 
 @dataclass
 class AppArgs:
-    """What `build_app` takes. URIs are local paths or s3:// prefixes."""
+    """What `build_app` takes. URIs are local paths or s3:// prefixes.
 
-    checkpoint_uri: str = "artifacts/demo/checkpoint"
-    data_uri: str | None = None  # the protocol dataset; default: the one recorded in the checkpoint's config
+    `checkpoint_uri` is for `serve run serve.app:build_app checkpoint_uri=…` (no config file), where it
+    becomes the scorer's user_config.checkpoint_uri. A config file names the checkpoint in CoRAScorer's
+    `user_config` only (what a reload changes) and sets `data_uri` here."""
+
+    checkpoint_uri: str | None = None
+    data_uri: str | None = None  # the protocol dataset; default: the one recorded in args.checkpoint_uri
     s3_endpoint: str | None = None  # else AWS_ENDPOINT_URL
     device: str = "auto"  # auto: cuda when the replica has a GPU, else cpu
     dtype: str | None = None  # None: the scorer's default (fp32 on CPU, bf16 on GPU)
     route_by_user: bool = True  # user-affinity routing (serve/routing.py); false: Serve's default router
+    trust_remote_code: bool = False  # consent to a checkpoint asking for it (cora_ray/infer/remote_code.py)
     scorer: ScorerOptions = field(default_factory=ScorerOptions)
     limits: RequestLimits = field(default_factory=RequestLimits)
 
@@ -98,7 +112,12 @@ def resolve_data_uri(checkpoint_uri: str, data_uri: str | None, endpoint: str | 
 
 
 def load_scorer(
-    checkpoint_uri: str, data_uri: str, device: str, dtype: str | None, endpoint: str | None = None
+    checkpoint_uri: str,
+    data_uri: str,
+    device: str,
+    dtype: str | None,
+    endpoint: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Any:
     """The cora_ray.infer Scorer for a checkpoint (hashes checked against the data and the base LLM)."""
     import torch
@@ -110,7 +129,12 @@ def load_scorer(
     if endpoint:  # also for what the checkpoint names (CF artifact, an s3:// base LLM)
         os.environ.setdefault("AWS_ENDPOINT_URL", endpoint)
     return Scorer.from_checkpoint(
-        checkpoint_uri, data_uri=data_uri, device=device, dtype=dtype, endpoint=endpoint
+        checkpoint_uri,
+        data_uri=data_uri,
+        device=device,
+        dtype=dtype,
+        endpoint=endpoint,
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -119,11 +143,33 @@ def load_scorer(
 # ---------------------------------------------------------------------------------------------------------
 
 
-class _CacheMetrics:
-    """G cache counters as Ray metrics (Prometheus: ray_cora_g_cache_*), tagged by replica."""
+def device_memory_bytes(scorer: Any) -> tuple[int, str]:
+    """(bytes, what): CUDA memory allocated by this process on a GPU replica, else the bytes of the model's
+    tensors (parameters + buffers) on a CPU replica."""
+    import torch
+
+    device = getattr(scorer, "device", None)
+    if device is not None and getattr(device, "type", "cpu") == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.memory_allocated(device)), "cuda_allocated"
+    model = scorer.model
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total, "model_tensor_bytes"
+
+
+class _ReplicaMetrics:
+    """The replica's Prometheus metrics (ray_cora_*), tagged by replica: G cache counters, scored rows,
+    rows/s, forward-chunk latency (histogram), queued rows, refused rows, device memory."""
 
     def __init__(self) -> None:
         from ray.util import metrics
+
+        from cora_ray.infer.admission import FORWARD_LATENCY_BOUNDS_S
 
         ctx = serve.get_replica_context()
         self.tags = {"replica": ctx.replica_id.unique_id if ctx else "local"}
@@ -134,11 +180,36 @@ class _CacheMetrics:
         self.bytes = metrics.Gauge("cora_g_cache_bytes", "G cache payload bytes", tag_keys=keys)
         self.entries = metrics.Gauge("cora_g_cache_entries", "G cache (user, item) entries", tag_keys=keys)
         self.rows = metrics.Counter("cora_scored_rows", "rows (user, item) scored", tag_keys=keys)
-        self._last = {"hits": 0, "misses": 0, "evictions": 0, "rows": 0}
+        self.refused = metrics.Counter(
+            "cora_refused_rows", "rows refused by admission (503, max_queued_rows)", tag_keys=keys
+        )
+        self.queued = metrics.Gauge("cora_queued_rows", "rows accepted and not yet answered", tag_keys=keys)
+        self.rate = metrics.Gauge("cora_rows_per_s", "rows per busy second of forward passes", tag_keys=keys)
+        self.memory = metrics.Gauge(
+            "cora_device_memory_bytes",
+            "CUDA allocated bytes (GPU) or model tensor bytes (CPU)",
+            tag_keys=keys,
+        )
+        self.forward = metrics.Histogram(
+            "cora_forward_latency_s",
+            "seconds per forward chunk (max_rows_per_forward rows)",
+            boundaries=list(FORWARD_LATENCY_BOUNDS_S),
+            tag_keys=keys,
+        )
+        self._last = {"hits": 0, "misses": 0, "evictions": 0, "rows": 0, "refused": 0}
 
-    def export(self, engine: ScoringEngine) -> None:
+    def observe_forward(self, seconds: float) -> None:
+        self.forward.observe(seconds, tags=self.tags)
+
+    def export(self, engine: ScoringEngine, admission: RowAdmission) -> None:
         s = engine.cache.stats()
-        now = {"hits": s.hits, "misses": s.misses, "evictions": s.evictions, "rows": engine.rows_scored}
+        now = {
+            "hits": s.hits,
+            "misses": s.misses,
+            "evictions": s.evictions,
+            "rows": engine.rows_scored,
+            "refused": admission.refused_rows,
+        }
         for name, value in now.items():
             delta = value - self._last[name]
             if delta > 0:
@@ -146,61 +217,103 @@ class _CacheMetrics:
         self._last = now
         self.bytes.set(s.bytes, tags=self.tags)
         self.entries.set(s.entries, tags=self.tags)
+        self.queued.set(admission.queued_rows, tags=self.tags)
+        if admission.rows_per_s:
+            self.rate.set(admission.rows_per_s, tags=self.tags)
+
+    def export_memory(self, engine: ScoringEngine) -> None:
+        self.memory.set(device_memory_bytes(engine.adapter.scorer)[0], tags=self.tags)
 
 
 @serve.deployment(
     name="CoRAScorer", max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=30
 )
 class CoRAScorer:
-    """One replica: a Scorer for the checkpoint, the G cache, dynamic batching across users."""
+    """One replica: a Scorer for the checkpoint its user_config names, the G cache, dynamic batching
+    across users, admission in rows."""
 
     def __init__(
         self,
-        checkpoint_uri: str,
         data_uri: str,
         device: str,
         dtype: str | None,
         endpoint: str | None,
+        base_dir: str,
+        trust_remote_code: bool = False,
     ) -> None:
+        self._base_dir = base_dir  # relative checkpoint URIs in user_config: against where the app was built
         self._load = functools.partial(
-            load_scorer, data_uri=data_uri, device=device, dtype=dtype, endpoint=endpoint
+            load_scorer,
+            data_uri=data_uri,
+            device=device,
+            dtype=dtype,
+            endpoint=endpoint,
+            trust_remote_code=trust_remote_code,  # the operator's consent, from the app args
         )
-        self._defaults = ScorerOptions(checkpoint_uri=checkpoint_uri)
-        self._checkpoint_uri = checkpoint_uri
+        self._endpoint = endpoint
+        self.engine: ScoringEngine | None = None
+        self._checkpoint_uri: str | None = None
         self._reload_lock = asyncio.Lock()
         self._reload_error: str | None = None
-        scorer = self._load(checkpoint_uri)
-        self.engine = ScoringEngine(scorer, self._defaults)
-        self._metrics = _CacheMetrics()
-        self._apply_batching(self._defaults)
-        logger.info("CoRAScorer ready: %s", self.engine.adapter.model_id)
+        self._metrics = _ReplicaMetrics()
+        self.admission = RowAdmission(ScorerOptions().max_queued_rows)
 
-    def _apply_batching(self, options: ScorerOptions) -> None:
+    def _options(self, user_config: dict, defaults: ScorerOptions | None) -> ScorerOptions:
+        options = ScorerOptions.from_user_config(user_config, defaults)
+        uri = options.checkpoint_uri
+        if uri and "://" not in uri and not Path(uri).expanduser().is_absolute():
+            options = dataclasses.replace(options, checkpoint_uri=str(Path(self._base_dir) / uri))
+        return options
+
+    def _on_forward(self, rows: int, seconds: float) -> None:
+        self.admission.observe(rows, seconds)
+        self._metrics.observe_forward(seconds)
+
+    def _apply(self, options: ScorerOptions) -> None:
+        assert self.engine is not None
+        self.engine.set_options(options)
+        self.admission.resize(options.max_queued_rows)
         self._batched.set_max_batch_size(options.max_batch_size)
         self._batched.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
 
     async def reconfigure(self, user_config: dict) -> None:
-        """New options; a new checkpoint_uri loads beside the serving model and swaps in between batches.
+        """The user_config (ScorerOptions): the first call loads its checkpoint; later ones apply options in
+        place, and a new checkpoint_uri is reloaded in place (trainable tensors only; another base LLM is
+        refused).
 
-        A reload that fails (wrong URI, hash mismatch, bad option) keeps the replica serving what it
-        serves: raising here would make Serve replace the replica, which fails the same way, and requests
-        would wait on a deployment with no replica. The error is logged and shown in /v1/model
-        (`reload_error`) until a reload succeeds."""
+        A first load that fails raises: the replica does not start, and `serve status` shows why. A reload
+        that fails (wrong URI, another base LLM, hash mismatch, bad option) keeps the replica serving what
+        it serves — raising would make Serve replace the replica, which fails the same way — and is
+        visible: `/healthz` says "degraded" and `/v1/model` names the error (`reload_error`) until a reload
+        succeeds."""
+        if self.engine is None:
+            options = self._options(user_config, None)
+            if not options.checkpoint_uri:
+                raise ConfigError(
+                    "CoRAScorer.user_config.checkpoint_uri is not set: name the checkpoint to serve there"
+                )
+            scorer = await asyncio.to_thread(self._load, options.checkpoint_uri)
+            self.engine = ScoringEngine(scorer, options, on_forward=self._on_forward)
+            self._checkpoint_uri = options.checkpoint_uri
+            self._apply(options)
+            self._metrics.export_memory(self.engine)
+            logger.info("CoRAScorer ready: %s", self.engine.adapter.model_id)
+            return
         try:
-            options = ScorerOptions.from_user_config(user_config, self._defaults)
+            options = self._options(user_config, self.engine.options)
         except ConfigError as exc:
             self._reload_error = f"user_config refused, options unchanged: {exc}"
             logger.error("CoRAScorer: %s", self._reload_error)
             return
-        uri = options.checkpoint_uri or self._defaults.checkpoint_uri
+        uri = options.checkpoint_uri or self._checkpoint_uri
         async with self._reload_lock:
             if uri != self._checkpoint_uri:
                 logger.info(
-                    "CoRAScorer: loading checkpoint %s (serving %s meanwhile)", uri, self._checkpoint_uri
+                    "CoRAScorer: reloading %s in place (serving %s meanwhile)", uri, self._checkpoint_uri
                 )
                 try:
-                    scorer = await asyncio.to_thread(self._load, uri)
-                except Exception as exc:  # any load failure: keep serving the loaded model
+                    await asyncio.to_thread(self.engine.reload, uri, self._endpoint)
+                except Exception as exc:  # shown in /healthz and /v1/model; the loaded model keeps serving
                     self._reload_error = (
                         f"checkpoint {uri} was not loaded ({type(exc).__name__}: {exc}); "
                         f"still serving {self._checkpoint_uri}"
@@ -208,37 +321,62 @@ class CoRAScorer:
                     logger.exception("CoRAScorer: %s", self._reload_error)
                     options = dataclasses.replace(options, checkpoint_uri=self._checkpoint_uri)
                 else:
-                    await asyncio.to_thread(self.engine.swap, scorer)
                     self._checkpoint_uri = uri
                     self._reload_error = None
                     logger.info("CoRAScorer: now serving %s", self.engine.adapter.model_id)
             else:
                 self._reload_error = None
-            self.engine.set_options(options)
-            self._apply_batching(options)
+            self._apply(options)
+            self._metrics.export_memory(self.engine)
 
     async def score(self, job: ScoreJob) -> ScoreResult:
-        return await self._batched(job)
+        rows = len(job.item_ids)
+        self.admission.admit(rows)  # Overloaded (→ 503 + Retry-After) before any waiting
+        try:
+            return await self._batched(job)
+        finally:
+            self.admission.release(rows)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _batched(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
-        # the forward pass runs off the event loop so health checks and new requests are not blocked
+        # the forward passes run off the event loop so health checks and new requests are not blocked
         results = await asyncio.to_thread(self.engine.score_jobs, jobs)
-        self._metrics.export(self.engine)
+        self._metrics.export(self.engine, self.admission)
         return results
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom autoscaling metric: rows accepted and not yet answered (serve/autoscaling.py)."""
+        return {"queued_rows": float(self.admission.queued_rows)}
 
     def describe(self) -> dict:
         ctx = serve.get_replica_context()
+        memory, memory_what = device_memory_bytes(self.engine.adapter.scorer)
         return {
             **self.engine.describe(),
             "replica": ctx.replica_id.unique_id if ctx else None,
             "replica_actor": ray.get_runtime_context().get_actor_name(),
             "reload_error": self._reload_error,
+            "serving": {
+                **self.admission.snapshot(),
+                "device_memory_bytes": memory,
+                "device_memory": memory_what,
+            },
+        }
+
+    def health(self) -> dict:
+        """What /healthz reports: "ok", or "degraded" with the error of the last failed reload."""
+        return {
+            "status": "degraded" if self._reload_error else "ok",
+            "reload_error": self._reload_error,
+            "queued_rows": self.admission.queued_rows,
         }
 
     def check_health(self) -> None:
         if self.engine is None:
             raise RuntimeError("CoRAScorer has no model loaded")
+        broken = getattr(self.engine.adapter.scorer, "reload_broken", None)
+        if broken:  # a reload failed half way through copying: this replica's weights are mixed
+            raise RuntimeError(broken)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -318,6 +456,23 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     )
 
 
+class Refused(RequestError):
+    """503 with Retry-After: the scorers have no room for the request's rows now."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, 503)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
+@api.exception_handler(Refused)
+async def _refused(_: Request, exc: Refused) -> JSONResponse:
+    return JSONResponse(
+        {"detail": str(exc), "retry_after_s": exc.retry_after_s},
+        status_code=503,
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
 # a replica that died or is unreachable: the retry goes to another one (or the replacement)
 _RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
@@ -343,7 +498,9 @@ class CoRAIngress:
                 finite_or_error(result.scores)
                 return result
             except BackPressureError as exc:  # every replica's queue is full (max_queued_requests)
-                raise RequestError("the scorers are at capacity; retry shortly", 503) from exc
+                raise Refused("the scorers are at capacity; retry shortly", 1) from exc
+            except Overloaded as exc:  # the replica's row bound (Ray re-raises the replica's error type)
+                raise Refused(str(exc), exc.retry_after_s) from exc
             except _RETRYABLE as exc:
                 if attempt == 2:
                     raise RequestError(
@@ -379,9 +536,26 @@ class CoRAIngress:
         ]
         return RecommendResponse(items=items, model=result.model, cold_start=result.cold_start)
 
-    @api.get("/healthz", summary="Liveness of the HTTP ingress")
+    @api.get("/healthz", summary="Liveness; 'degraded' (still 200) when a scorer's last reload failed")
     async def healthz(self) -> dict:
-        return {"status": "ok", "users": len(self.catalog.user_ids), "items": len(self.catalog.item_ids)}
+        """200 while the ingress answers. `status` is "ok", or "degraded" with `reload_error` when the
+        scorer replica asked failed its last reload (it keeps serving its previous checkpoint). A scorer
+        that does not answer within 2 s (busy) is reported as `scorer: "busy"`, status still "ok"."""
+        out: dict[str, Any] = {
+            "status": "ok",
+            "users": len(self.catalog.user_ids),
+            "items": len(self.catalog.item_ids),
+        }
+        try:
+            scorer = await asyncio.wait_for(self.scorer.health.remote(), timeout=2.0)
+        except (TimeoutError, BackPressureError):
+            out["scorer"] = "busy"
+            return out
+        out["status"] = scorer["status"]
+        out["scorer"] = "ok" if scorer["status"] == "ok" else "degraded"
+        if scorer["reload_error"]:
+            out["reload_error"] = scorer["reload_error"]
+        return out
 
     @api.get("/v1/model", summary="The checkpoint served, its base LLM, CF backbone, metrics and cache stats")
     async def model(self) -> dict:
@@ -400,22 +574,40 @@ class CoRAIngress:
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
-    """The application for `serve run` / `serve deploy`; `args` follow AppArgs (nested scorer / limits)."""
+    """The application for `serve run` / `serve deploy`; `args` follow AppArgs (nested scorer / limits).
+
+    The checkpoint is named once: CoRAScorer's user_config.checkpoint_uri in a config file, or
+    args.checkpoint_uri without one (it becomes that user_config entry). Both at once is an error."""
     parsed = from_dict(AppArgs, dict(args or {}), source="application args")
-    checkpoint_uri = _absolute(parsed.checkpoint_uri)
-    if not storage.exists(storage.join(checkpoint_uri, storage.MANIFEST), parsed.s3_endpoint):
+    options = parsed.scorer
+    if parsed.checkpoint_uri and options.checkpoint_uri:
+        raise ConfigError(
+            "checkpoint_uri is given twice (args.checkpoint_uri and args.scorer.checkpoint_uri): name it once"
+        )
+    checkpoint_uri = _absolute(parsed.checkpoint_uri or options.checkpoint_uri)
+    if checkpoint_uri and not storage.exists(
+        storage.join(checkpoint_uri, storage.MANIFEST), parsed.s3_endpoint
+    ):
         raise ConfigError(
             f"no checkpoint at {checkpoint_uri} (no {storage.MANIFEST}): train one first (`make demo` writes "
             "artifacts/demo/checkpoint; jobs/train.py prints its best checkpoint) or set checkpoint_uri"
         )
-    data_uri = _absolute(resolve_data_uri(checkpoint_uri, parsed.data_uri, parsed.s3_endpoint))
-    options = parsed.scorer
+    if checkpoint_uri:
+        data_uri = _absolute(resolve_data_uri(checkpoint_uri, parsed.data_uri, parsed.s3_endpoint))
+    elif parsed.data_uri:
+        data_uri = _absolute(parsed.data_uri)
+    else:
+        raise ConfigError(
+            "application args: set data_uri (the protocol dataset) when the checkpoint is named in "
+            "CoRAScorer's user_config.checkpoint_uri, or pass checkpoint_uri to build_app"
+        )
     user_config = {k: v for k, v in asdict(options).items() if v is not None}
-    user_config["checkpoint_uri"] = _absolute(options.checkpoint_uri) or checkpoint_uri
+    if checkpoint_uri:
+        user_config["checkpoint_uri"] = checkpoint_uri
 
     scorer_opts: dict[str, Any] = {
         "user_config": user_config,
-        "max_ongoing_requests": max(64, 2 * options.max_batch_size),
+        "max_ongoing_requests": max(options.max_queued_rows, options.max_batch_size),
     }
     if parsed.route_by_user:
         from ray.serve.config import RequestRouterConfig
@@ -424,9 +616,9 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
 
         scorer_opts["request_router_config"] = RequestRouterConfig(request_router_class=UserAffinityRouter)
     scorer = CoRAScorer.options(**scorer_opts).bind(
-        checkpoint_uri, data_uri, parsed.device, parsed.dtype, parsed.s3_endpoint
+        data_uri, parsed.device, parsed.dtype, parsed.s3_endpoint, str(Path.cwd()), parsed.trust_remote_code
     )
     return CoRAIngress.bind(scorer, data_uri, parsed.s3_endpoint, asdict(parsed.limits))
 
 
-__all__ = ["AppArgs", "CoRAIngress", "CoRAScorer", "CoraError", "api", "build_app"]
+__all__ = ["AppArgs", "CoRAIngress", "CoRAScorer", "CoraError", "Refused", "api", "build_app"]

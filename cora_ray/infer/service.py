@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -79,6 +80,9 @@ class ScorerOptions:
     batch_wait_timeout_s: float = 0.01  # how long a batch waits to fill
     max_rows_per_forward: int = 64  # rows (user, item) per forward pass; a batch is split into chunks of this
     cache_bytes: int = DEFAULT_CACHE_BYTES
+    # rows accepted and not yet answered per replica; past it a request gets 503 + Retry-After at once
+    # (cora_ray/infer/admission.py: R rows/s × latency target T)
+    max_queued_rows: int = 64
 
     def __post_init__(self) -> None:
         _check(self.max_batch_size > 0, f"max_batch_size must be > 0, got {self.max_batch_size}")
@@ -91,6 +95,7 @@ class ScorerOptions:
             f"max_rows_per_forward must be > 0, got {self.max_rows_per_forward}",
         )
         _check(self.cache_bytes >= 0, f"cache_bytes must be >= 0, got {self.cache_bytes}")
+        _check(self.max_queued_rows > 0, f"max_queued_rows must be > 0, got {self.max_queued_rows}")
 
     @classmethod
     def from_user_config(cls, data: dict | None, defaults: ScorerOptions | None = None) -> ScorerOptions:
@@ -384,6 +389,13 @@ class ScorerAdapter:
     def g_shape(self) -> tuple[int, ...]:
         return tuple(self.scorer.g_shape)
 
+    def bucket_order(self, item_ids: Sequence[int], histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """Row order by prompt length (the scorer's bucketing), so each forward chunk pads little."""
+        order = getattr(self.scorer, "bucket_order", None)
+        if order is None:
+            return np.arange(len(item_ids))
+        return np.asarray(order(np.asarray(item_ids, dtype=np.int64), histories))
+
     def score(
         self,
         user_ids: Sequence[int],
@@ -392,8 +404,9 @@ class ScorerAdapter:
         G: torch.Tensor | None,
         batch_size: int,
     ) -> np.ndarray:
-        """(n,) logits in row order; the scorer sorts rows by prompt length into batches of `batch_size`."""
-        kwargs: dict[str, Any] = {"batch_size": batch_size}
+        """(n,) logits in row order, one forward pass per `batch_size` rows, in the order given (the engine
+        has already ordered and chunked the rows)."""
+        kwargs: dict[str, Any] = {"batch_size": batch_size, "bucket": False}
         if G is not None:
             kwargs["G"] = G
         out = self.scorer.score(
@@ -425,20 +438,29 @@ class ScorerAdapter:
 
 
 class ScoringEngine:
-    """Scores the jobs of a batch of requests (many users) with one pass per chunk of rows.
+    """Scores the jobs of a batch of requests (many users), one forward pass per chunk of rows.
 
-    Rows = (user, item) pairs flattened across the jobs. Per job: cold start when the user is unknown to
-    the dataset or to the CF backbone (G = 0). For warm rows, G comes from the cache when present, else
-    the generator runs once on all the misses of the batch. Thread-safe: one batch at a time (`swap` may
-    be called from another thread; it takes effect between batches)."""
+    Rows = (user, item) pairs flattened across the jobs, ordered by prompt length and cut into chunks of
+    `max_rows_per_forward`. Per job: cold start when the user is unknown to the dataset or to the CF
+    backbone (G = 0). G is built per chunk — cached where present, the generator on the chunk's misses —
+    so at most one chunk's G is held (64 requests × 1,000 rows × 256 KB of G at 7B would be 16 GB for a
+    whole batch). `on_forward(rows, seconds)` is called after each chunk (the replica's rate and latency
+    metrics). Thread-safe: one batch at a time (`swap` / `reload` take effect between batches)."""
 
-    def __init__(self, scorer: Any, options: ScorerOptions) -> None:
+    def __init__(
+        self,
+        scorer: Any,
+        options: ScorerOptions,
+        on_forward: Callable[[int, float], None] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self.options = options
         self.adapter = ScorerAdapter(scorer)
         self.cache = GCache(options.cache_bytes, version=self.adapter.model_id)
+        self.on_forward = on_forward
         self.rows_scored = 0
         self.batches = 0
+        self.forwards = 0
 
     # -- reconfiguration -------------------------------------------------------------------------------
 
@@ -448,6 +470,22 @@ class ScoringEngine:
         with self._lock:
             self.adapter = adapter
             self.cache.reset(version=adapter.model_id)
+
+    def reload(
+        self, uri: str, endpoint: str | None = None, probe: Callable[[str], None] | None = None
+    ) -> None:
+        """Serve checkpoint `uri` with the loaded base LLM: only its trainable tensors (and its CF artifact
+        if that differs) are read; they are copied into the serving model between batches
+        (cora_ray/infer/reload.py). A checkpoint of another base LLM, model shape or dataset is refused
+        (ArtifactMismatchError naming both hashes / fields) and nothing changes."""
+        from cora_ray.infer.reload import prepare_reload
+
+        scorer = self.adapter.scorer
+        prepared = prepare_reload(scorer, uri, endpoint, probe=probe)  # reads and checks; serving goes on
+        with self._lock:
+            prepared.apply(scorer, probe=probe)
+            self.adapter = ScorerAdapter(scorer)
+            self.cache.reset(version=self.adapter.model_id)
 
     def set_options(self, options: ScorerOptions) -> None:
         with self._lock:
@@ -473,20 +511,34 @@ class ScoringEngine:
         known = [j for j in jobs if j.user_id is not None]
         knows = dict(zip((id(j) for j in known), adapter.knows_user([j.user_id for j in known]), strict=True))
         cold = [j.user_id is None or not bool(knows[id(j)]) for j in jobs]
+        zero_g = cold if adapter.zero_delta_for_cold_users else [j.user_id is None for j in jobs]
 
         users: list[int] = []
         items: list[int] = []
         hists: list[list[int]] = []
-        for j in jobs:
-            users += [j.user_id or 0] * len(j.item_ids)
+        zero: list[bool] = []
+        for j, z in zip(jobs, zero_g, strict=True):
+            n = len(j.item_ids)
+            users += [j.user_id or 0] * n
             items += j.item_ids
-            hists += [j.history] * len(j.item_ids)
+            hists += [j.history] * n
+            zero += [z] * n
 
-        zero_g = cold if adapter.zero_delta_for_cold_users else [j.user_id is None for j in jobs]
-        G = self._collaborative_weights(jobs, zero_g, adapter, options) if adapter.supports_g else None
-        # one call for the whole batch: the scorer buckets all rows by prompt length, then runs forward
-        # passes of max_rows_per_forward rows
-        scores = adapter.score(users, items, hists, G=G, batch_size=options.max_rows_per_forward)
+        scores = np.empty(len(items), dtype=np.float64)
+        order = adapter.bucket_order(items, hists)
+        chunk = options.max_rows_per_forward
+        for s in range(0, len(order), chunk):
+            idx = [int(k) for k in order[s : s + chunk]]
+            u, i, h = [users[k] for k in idx], [items[k] for k in idx], [hists[k] for k in idx]
+            G = None
+            if adapter.supports_g:
+                G = self._collaborative_weights(u, i, h, [zero[k] for k in idx], adapter)
+            t0 = time.perf_counter()
+            scores[idx] = adapter.score(u, i, h, G=G, batch_size=len(idx))
+            seconds = time.perf_counter() - t0
+            self.forwards += 1
+            if self.on_forward is not None:
+                self.on_forward(len(idx), seconds)
         self.rows_scored += len(items)
         self.batches += 1
 
@@ -502,50 +554,38 @@ class ScoringEngine:
         return out
 
     def _collaborative_weights(
-        self, jobs: Sequence[ScoreJob], zero: Sequence[bool], adapter: ScorerAdapter, options: ScorerOptions
+        self,
+        users: Sequence[int],
+        items: Sequence[int],
+        hists: Sequence[Sequence[int]],
+        zero: Sequence[bool],
+        adapter: ScorerAdapter,
     ) -> torch.Tensor:
-        """(rows, d_model, r): cached or generated G, zeros for the rows of jobs marked `zero`."""
+        """(rows, d_model, r) for one forward chunk: cached or generated G, zeros where `zero`."""
         import torch
 
-        per_row: list[torch.Tensor | None] = []
-        miss_rows: list[int] = []
-        miss_u: list[int] = []
-        miss_i: list[int] = []
-        miss_h: list[list[int]] = []
+        per_row: list[torch.Tensor | None] = [None] * len(items)
         use_cache = self.cache.enabled
-        for j, z in zip(jobs, zero, strict=True):
+        miss: list[int] = []
+        for k, (u, i, h, z) in enumerate(zip(users, items, hists, zero, strict=True)):
             if z:
-                per_row += [None] * len(j.item_ids)
                 continue
-            keys = [self._cache_key(i, j.history, adapter) for i in j.item_ids]
-            found = self.cache.get_many(j.user_id, keys) if use_cache else [None] * len(keys)
-            for i, g in zip(j.item_ids, found, strict=True):
-                if g is None:
-                    miss_rows.append(len(per_row))
-                    miss_u.append(j.user_id)
-                    miss_i.append(i)
-                    miss_h.append(j.history)
-                per_row.append(g)
-        if miss_rows:
-            chunk = options.max_rows_per_forward
-            for s in range(0, len(miss_rows), chunk):
-                g = adapter.compute_G(miss_u[s : s + chunk], miss_i[s : s + chunk], miss_h[s : s + chunk])
-                for r, u, i, h, gm in zip(
-                    miss_rows[s : s + chunk],
-                    miss_u[s : s + chunk],
-                    miss_i[s : s + chunk],
-                    miss_h[s : s + chunk],
-                    g,
-                    strict=True,
-                ):
-                    per_row[r] = gm
-                    if use_cache:
-                        # clone: a view would keep the whole batch tensor alive (and uncounted) in the cache
-                        self.cache.put(u, self._cache_key(i, h, adapter), gm.clone())
+            g = self.cache.get_many(u, [self._cache_key(i, h, adapter)])[0] if use_cache else None
+            if g is None:
+                miss.append(k)
+            per_row[k] = g
+        if miss:
+            g = adapter.compute_G(
+                [users[k] for k in miss], [items[k] for k in miss], [hists[k] for k in miss]
+            )
+            for k, gm in zip(miss, g, strict=True):
+                per_row[k] = gm
+                if use_cache:
+                    # clone: a view would keep the whole chunk's tensor alive (and uncounted) in the cache
+                    self.cache.put(users[k], self._cache_key(items[k], hists[k], adapter), gm.clone())
         template = next((g for g in per_row if g is not None), None)
         if template is None:
-            shape = adapter.g_shape()
-            return torch.zeros((len(per_row), *shape))
+            return torch.zeros((len(per_row), *adapter.g_shape()))
         zeros = torch.zeros_like(template)
         return torch.stack([zeros if g is None else g for g in per_row])
 
@@ -557,6 +597,7 @@ class ScoringEngine:
             "cache": self.cache.stats().to_dict(),
             "rows_scored": self.rows_scored,
             "batches": self.batches,
+            "forwards": self.forwards,
             "options": dict(self.options.__dict__),
         }
 

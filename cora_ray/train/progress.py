@@ -13,7 +13,7 @@ Prometheus (`TrainMetrics`, tag `run` = the run's directory name): every `log_ev
 step time (`cora_train_step_seconds`, also observed in the histogram `cora_train_step_time_seconds`), its
 samples/s (`cora_train_samples_per_second`), the last loss (`cora_train_loss`) and learning rate
 (`cora_train_learning_rate`), the optimizer steps done (`cora_train_step`), and the counters
-`cora_train_steps_total` / `cora_train_samples_total`. Ray's metrics agent on each node exports them for
+`cora_train_optimizer_steps` / `cora_train_samples_consumed`. Ray's metrics agent on each node exports them for
 Prometheus to scrape (docs/training.md, "Metrics").
 """
 
@@ -108,10 +108,10 @@ class TrainMetrics:
         self.learning_rate = metrics.Gauge("cora_train_learning_rate", "learning rate at the last step", keys)
         self.step = metrics.Gauge("cora_train_step", "optimizer steps done", keys)
         self.steps_total = metrics.Counter(
-            "cora_train_steps_total", "optimizer steps taken by this run", keys
+            "cora_train_optimizer_steps", "optimizer steps taken by this run", keys
         )
         self.samples_total = metrics.Counter(
-            "cora_train_samples_total", "training samples consumed by this run (all workers)", keys
+            "cora_train_samples_consumed", "training samples consumed by this run (all workers)", keys
         )
 
     def record(

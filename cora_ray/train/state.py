@@ -4,6 +4,9 @@
     <ckpt>/train_state.json                       step, best AUC and its step, validations without improvement
     <ckpt>/optimizer/rank-<r>.safetensors         AdamW moments of rank r's ZeRO partition (optional: 2x the
                                                   size of trainable.safetensors in fp32)
+    <ckpt>/valid_scores.safetensors               the validation that made the checkpoint, row by row: user_id,
+                                                  item_id (int64), label, score (float32 logits) — 24 bytes a
+                                                  row; lets anyone check a reload scores what training scored
 
 No pickle: the optimizer state is stored tensor by tensor (`g<group>.p<index>.<name>`) from the torch
 AdamW inside DeepSpeed (for ZeRO 1-3 its parameters are this rank's flat fp32 partitions). It is restored
@@ -23,6 +26,8 @@ from safetensors.torch import load_file, save_file
 
 TRAIN_STATE_FILE = "train_state.json"
 OPTIMIZER_DIR = "optimizer"
+VALID_SCORES_FILE = "valid_scores.safetensors"
+VALID_SCORE_COLUMNS = ("user_id", "item_id", "label", "score")
 
 
 @dataclass
@@ -114,3 +119,19 @@ def load_optimizer_state(directory: str | Path, rank: int, ds_optimizer: Any) ->
                     for k, v in state.items()
                 }
     return None
+
+
+def save_valid_scores(directory: str | Path, rows: dict[str, Any]) -> Path:
+    """Write validation's rows (`VALID_SCORE_COLUMNS`, numpy arrays of one length) into the checkpoint folder."""
+    import numpy as np
+
+    dtypes = {"user_id": torch.int64, "item_id": torch.int64, "label": torch.float32, "score": torch.float32}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(rows[k])).to(dtypes[k]) for k in VALID_SCORE_COLUMNS}
+    path = Path(directory) / VALID_SCORES_FILE
+    save_file(tensors, str(path))
+    return path
+
+
+def load_valid_scores(directory: str | Path) -> dict[str, Any]:
+    """The rows `save_valid_scores` wrote, as numpy arrays."""
+    return {k: v.numpy() for k, v in load_file(str(Path(directory) / VALID_SCORES_FILE)).items()}

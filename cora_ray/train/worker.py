@@ -211,11 +211,13 @@ def validate(
     filler: dict,
     expected_keys: np.ndarray,
     device: Any,
+    rows_out: dict | None = None,
 ) -> dict[str, float]:
     """Score this rank's validation shard in lockstep with the other ranks; AUC/UAUC over all ranks' rows.
 
-    Every rank returns the same metrics. Raises TrainingError when a validation row is missing or was
-    scored twice."""
+    Every rank returns the same metrics; `rows_out`, when given, receives every rank's rows (user_id,
+    item_id, label, score arrays). Raises TrainingError when a validation row is missing or was scored
+    twice."""
     import torch
     import torch.distributed as dist
 
@@ -246,6 +248,8 @@ def validate(
             f"validation scored {len(got)} rows ({len(np.unique(got))} distinct) but expected each of "
             f"{len(expected_keys)} rows exactly once: the validation shards overlap or lost rows"
         )
+    if rows_out is not None:
+        rows_out.update(user_id=u.astype(np.int64), item_id=i.astype(np.int64), label=y, score=s)
     m = auc_uauc(u, y, s)
     logits, targets = torch.from_numpy(s.astype(np.float64)), torch.from_numpy(y.astype(np.float64))
     return {
@@ -297,10 +301,11 @@ def write_checkpoint(
     llm: Any,
     state: Any,
     metrics: dict,
+    valid_rows: dict | None = None,
 ) -> None:
     """Every rank writes its part into `directory`; Ray Train merges the ranks' files into one checkpoint."""
     from cora_ray.checkpoint import write_checkpoint_files
-    from cora_ray.train.state import TRAIN_STATE_FILE, save_optimizer_state
+    from cora_ray.train.state import TRAIN_STATE_FILE, save_optimizer_state, save_valid_scores
 
     trainable = gathered_trainable_state(model, cfg.train.zero_stage)
     if rank == 0:
@@ -318,6 +323,8 @@ def write_checkpoint(
             step=state.step,
         )
         (directory / TRAIN_STATE_FILE).write_text(state.to_json())
+        if valid_rows:
+            save_valid_scores(directory, valid_rows)
     if cfg.train.save_optimizer_state:
         save_optimizer_state(directory, rank, engine.optimizer)
 
@@ -539,7 +546,8 @@ def _train(spec: RunSpec, stack: Any) -> None:
         if state.step % t.eval_every == 0 or state.step >= t.max_steps:
             t_eval = time.perf_counter()
             valid_batches = iter(valid_shard)  # Ray Data encodes it on the first validation only
-            metrics = validate(engine, valid_batches, last_batch, spec.valid_keys, device)
+            valid_rows: dict = {}
+            metrics = validate(engine, valid_batches, last_batch, spec.valid_keys, device, valid_rows)
             if metrics["valid_auc"] > state.best_auc:
                 state.best_auc, state.best_step, state.bad_evals = metrics["valid_auc"], state.step, 0
             else:
@@ -569,6 +577,7 @@ def _train(spec: RunSpec, stack: Any) -> None:
                     llm=llm,
                     state=state,
                     metrics=metrics,
+                    valid_rows=valid_rows,
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             if state.stopped_early and rank == 0:

@@ -40,8 +40,13 @@ class FakeScorer:
         i = torch.as_tensor(item_ids, dtype=torch.float32).view(-1, 1, 1)
         return (u * 100 + i) * torch.ones(len(user_ids), *self.g_shape) / 16.0
 
-    def score(self, user_ids, item_ids, histories, G=None, batch_size=16) -> np.ndarray:
+    def bucket_order(self, item_ids, histories) -> np.ndarray:
+        return np.argsort(np.asarray([len(h) for h in histories]), kind="stable")
+
+    def score(self, user_ids, item_ids, histories, G=None, batch_size=16, bucket=True) -> np.ndarray:
         n = len(user_ids)
+        self.g_rows_per_score = [] if not hasattr(self, "g_rows_per_score") else self.g_rows_per_score
+        self.g_rows_per_score.append(None if G is None else int(G.shape[0]))
         self.score_calls += [min(batch_size, n - s) for s in range(0, n, batch_size)]
         if G is None:
             G = self.compute_G(user_ids, item_ids, histories)

@@ -36,10 +36,12 @@ def app_config(
 ) -> dict[str, Any]:
     """A serve.local.config-shaped config for the given artifacts."""
     user_config = {
+        "checkpoint_uri": checkpoint_uri,  # named here only, as in the shipped configs
         "max_batch_size": 16,
         "batch_wait_timeout_s": 0.005,
         "max_rows_per_forward": 32,
         "cache_bytes": 0,
+        "max_queued_rows": 10_000,  # tests of admission lower it
     }
     user_config.update(scorer or {})
     return {
@@ -51,7 +53,6 @@ def app_config(
                 "route_prefix": "/",
                 "import_path": "serve.app:build_app",
                 "args": {
-                    "checkpoint_uri": checkpoint_uri,
                     "data_uri": data_uri,
                     "device": "cpu",
                     "route_by_user": route_by_user,
@@ -61,7 +62,7 @@ def app_config(
                     {
                         "name": "CoRAScorer",
                         "num_replicas": scorer_replicas,
-                        "max_ongoing_requests": max(64, 2 * user_config["max_batch_size"]),
+                        "max_ongoing_requests": max(64, user_config["max_batch_size"]),
                         "health_check_period_s": 2,
                         "health_check_timeout_s": 30,
                         "graceful_shutdown_timeout_s": 10,

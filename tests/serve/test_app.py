@@ -175,6 +175,11 @@ def test_model_info_names_checkpoint_llm_cf_metrics_and_cache(app):
     cache = info["cache"]
     assert cache["hits"] >= 2 and cache["misses"] >= 2 and 0 < cache["bytes"] <= cache["max_bytes"]
     assert info["limits"]["max_items"] == LIMITS["max_items"]
+    serving = info["serving"]
+    assert serving["queued_rows"] == 0 and serving["max_queued_rows"] == 10_000
+    assert serving["admitted_rows"] >= 4 and serving["rows_per_s"] > 0
+    assert serving["forward_latency"]["count"] >= 2 and info["forwards"] >= 2
+    assert serving["device_memory"] == "model_tensor_bytes" and serving["device_memory_bytes"] > 0
 
 
 # -- the bad-input corpus -----------------------------------------------------------------------------------
@@ -298,7 +303,7 @@ def test_server_keeps_serving_after_the_corpus(app):
     assert status == 200 and len(body["scores"]) == 1
 
 
-def test_cache_counters_are_on_the_prometheus_endpoint(app):
+def test_serving_and_cache_counters_are_on_the_prometheus_endpoint(app):
     import urllib.request
 
     import ray
@@ -308,18 +313,31 @@ def test_cache_counters_are_on_the_prometheus_endpoint(app):
     found: dict[str, float] = {}
     while time.time() < deadline:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        found = {
-            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("ray_cora_g_cache_")
-        }
-        if {"ray_cora_g_cache_hits_total", "ray_cora_g_cache_misses_total", "ray_cora_g_cache_bytes"} <= set(
-            found
-        ):
+        found = {}
+        for line in text.splitlines():
+            if line.startswith("ray_cora_"):
+                name = line.split("{")[0].split(" ")[0]
+                found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        if set(WANTED) <= set(found):
             break
         time.sleep(2)
     assert found.get("ray_cora_g_cache_hits_total", 0) > 0, found
     assert found.get("ray_cora_g_cache_misses_total", 0) > 0 and "ray_cora_g_cache_bytes" in found
+    assert found.get("ray_cora_scored_rows_total", 0) > 0 and found.get("ray_cora_rows_per_s", 0) > 0
+    assert found.get("ray_cora_forward_latency_s_count", 0) > 0, found
+    assert found.get("ray_cora_device_memory_bytes", 0) > 0 and "ray_cora_queued_rows" in found
+
+
+WANTED = (
+    "ray_cora_g_cache_hits_total",
+    "ray_cora_g_cache_misses_total",
+    "ray_cora_g_cache_bytes",
+    "ray_cora_scored_rows_total",
+    "ray_cora_rows_per_s",
+    "ray_cora_forward_latency_s_count",
+    "ray_cora_device_memory_bytes",
+    "ray_cora_queued_rows",
+)
 
 
 # -- reload ---------------------------------------------------------------------------------------------------
@@ -371,5 +389,43 @@ def test_a_failed_reload_keeps_serving_the_loaded_model_and_says_why(app):
     assert status == 200 and body["model"].startswith(app.setup.checkpoint_uri + "@")
     info = harness.request(app.base, "GET", "/v1/model")[1]
     assert "no-such-checkpoint" in info["reload_error"] and "still serving" in info["reload_error"]
+    status, health = harness.request(app.base, "GET", "/healthz")
+    assert status == 200 and health["status"] == "degraded" and "no-such-checkpoint" in health["reload_error"]
     harness.deploy(app.config)
     assert harness.request(app.base, "GET", "/v1/model")[1]["reload_error"] is None
+    assert harness.request(app.base, "GET", "/healthz")[1]["status"] == "ok"
+
+
+def test_a_reload_to_another_base_llm_is_refused_naming_both_hashes(app, tmp_path_factory):
+    from tests.serve.artifacts import build_tiny_setup
+
+    other = build_tiny_setup(tmp_path_factory.mktemp("other_llm"), seed=1)
+    harness.deploy(harness.with_user_config(app.config, checkpoint_uri=other.checkpoint_uri))
+    info = harness.request(app.base, "GET", "/v1/model")[1]
+    served = info["base_llm_weight_hash"]
+    assert info["checkpoint"] == app.setup.checkpoint_uri and served in info["reload_error"]
+    assert "ArtifactMismatchError" in info["reload_error"] and "base LLM weight hash" in info["reload_error"]
+    assert harness.request(app.base, "GET", "/healthz")[1]["status"] == "degraded"
+    harness.deploy(app.config)
+
+
+# -- admission ------------------------------------------------------------------------------------------------
+
+
+def test_rows_past_the_replicas_bound_get_a_fast_503_with_retry_after(app):
+    harness.deploy(harness.with_user_config(app.config, max_queued_rows=3))
+    try:
+        body = json.dumps({"user_id": "user_1", "item_ids": ["item_1", "item_2", "item_3", "item_4"]})
+        u = urlparse(app.base)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        conn.request("POST", "/v1/score", body, {"content-type": "application/json"})
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+        assert resp.status == 503 and int(resp.getheader("Retry-After")) >= 1, answer
+        assert "max_queued_rows" in answer["detail"] and answer["retry_after_s"] >= 1
+        ok, _ = post(app, "/v1/score", {"user_id": "user_1", "item_ids": ["item_1", "item_2", "item_3"]})
+        assert ok == 200  # within the bound
+        info = harness.request(app.base, "GET", "/v1/model")[1]["serving"]
+        assert info["refused_rows"] >= 4 and info["max_queued_rows"] == 3
+    finally:
+        harness.deploy(app.config)

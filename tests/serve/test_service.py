@@ -155,3 +155,23 @@ def test_all_cold_batch_uses_zero_G_of_the_scorers_shape():
     (r,) = ScoringEngine(scorer, ScorerOptions()).score_jobs([ScoreJob("x", None, [1, 2], [])])
     assert r.cold_start and np.allclose(r.scores, [0.001, 0.002])
     assert scorer.g_calls == []
+
+
+def test_G_is_built_per_forward_chunk_never_for_the_whole_batch():
+    scorer = fakes.FakeScorer()
+    seen: list[tuple[int, float]] = []
+    engine = ScoringEngine(
+        scorer,
+        ScorerOptions(max_rows_per_forward=2, cache_bytes=0),
+        on_forward=lambda n, s: seen.append((n, s)),
+    )
+    batch = jobs() * 3  # 21 rows
+    results = engine.score_jobs(batch)
+    assert max(scorer.g_calls) <= 2 and sum(scorer.g_calls) == 3 * 4  # warm rows only, 2 at a time
+    assert all(g is not None and g <= 2 for g in scorer.g_rows_per_score)  # G handed over per chunk
+    assert [n for n, _ in seen] == [2] * 10 + [1] and all(s >= 0 for _, s in seen)
+    assert engine.forwards == 11 and engine.rows_scored == 21 and engine.describe()["forwards"] == 11
+    # the chunked scores equal one unchunked pass
+    whole = ScoringEngine(fakes.FakeScorer(), ScorerOptions(max_rows_per_forward=64, cache_bytes=0))
+    flat = [x for r in results for x in r.scores]
+    assert flat == pytest.approx([x for r in whole.score_jobs(batch) for x in r.scores])

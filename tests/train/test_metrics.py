@@ -95,12 +95,12 @@ def test_rank0_exports_step_time_rate_loss_and_lr_every_log_every_steps(tmp_path
     assert fake.values("cora_train_step_seconds") == pytest.approx([1.5 / 4, 4.0 / 4, 4.0 / 2])
     assert fake.values("cora_train_step_time_seconds") == pytest.approx([1.5 / 4, 1.0, 2.0])
     assert fake.values("cora_train_samples_per_second") == pytest.approx([64 / 1.5, 64 / 4.0, 32 / 4.0])
-    assert fake.values("cora_train_steps_total") == [4, 4, 2]
-    assert fake.values("cora_train_samples_total") == [64, 64, 32]
+    assert fake.values("cora_train_optimizer_steps") == [4, 4, 2]
+    assert fake.values("cora_train_samples_consumed") == [64, 64, 32]
     # every value is tagged with the run's name; the kinds are what Prometheus expects
     assert {tags["run"] for calls in fake.calls.values() for _, tags in calls} == {"tiny-20260101-000000"}
     kinds = {name: c["kind"] for name, c in fake.created.items()}
-    assert kinds["cora_train_steps_total"] == kinds["cora_train_samples_total"] == "counter"
+    assert kinds["cora_train_optimizer_steps"] == kinds["cora_train_samples_consumed"] == "counter"
     assert kinds["cora_train_step_time_seconds"] == "histogram"
     assert fake.created["cora_train_step_time_seconds"]["boundaries"] == STEP_SECONDS_BOUNDARIES
     assert kinds["cora_train_loss"] == kinds["cora_train_learning_rate"] == "gauge"

@@ -1,0 +1,82 @@
+"""Admission in rows, its arithmetic, the rows-based autoscaling policy and the replica's counters."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from cora_ray.infer.admission import (
+    LatencyHistogram,
+    Overloaded,
+    RowAdmission,
+    derive_serving_limits,
+)
+
+
+def test_admission_is_bounded_in_rows_and_refuses_with_a_retry_after():
+    a = RowAdmission(10)
+    a.admit(6)
+    a.admit(4)  # exactly full
+    with pytest.raises(Overloaded, match=r"10 rows queued, the request has 1, the bound is 10") as exc:
+        a.admit(1)
+    assert exc.value.retry_after_s == 1  # no rate measured yet
+    a.observe(rows=4, seconds=2.0)  # 2 rows/s
+    with pytest.raises(Overloaded) as exc:
+        a.admit(9)  # 9 rows over the bound at 2 rows/s
+    assert exc.value.retry_after_s == math.ceil(9 / 2)
+    a.release(6)
+    a.admit(5)
+    snap = a.snapshot()
+    assert snap["queued_rows"] == 9 and snap["admitted_rows"] == 15
+    assert snap["refused_rows"] == 10 and snap["refused_requests"] == 2
+    assert snap["rows_per_s"] == pytest.approx(2.0) and snap["forward_latency"]["count"] == 1
+
+
+def test_a_request_larger_than_the_bound_is_refused_even_when_idle():
+    with pytest.raises(Overloaded):
+        RowAdmission(3).admit(4)
+
+
+def test_overloaded_survives_pickling_across_the_ray_boundary():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(Overloaded("full", retry_after_s=7)))
+    assert isinstance(e, Overloaded) and e.retry_after_s == 7 and str(e) == "full"
+
+
+def test_latency_histogram_buckets():
+    h = LatencyHistogram(bounds=(0.1, 1.0))
+    for s in (0.05, 0.1, 0.5, 3.0):
+        h.observe(s)
+    assert h.counts == [2, 1, 1] and h.count == 4 and h.to_dict()["sum_s"] == pytest.approx(3.65)
+
+
+def test_serving_limits_follow_from_rate_and_latency_target():
+    lim = derive_serving_limits(rows_per_s=10, latency_target_s=10, rows_per_forward=16)
+    assert (lim.max_queued_rows, lim.max_items, lim.max_batch_size) == (100, 100, 16)
+    assert (lim.max_ongoing_requests, lim.request_timeout_s, lim.target_queued_rows) == (100, 20, 50)
+    assert derive_serving_limits(2.5, 3, 8).max_queued_rows == 7  # floor
+    assert derive_serving_limits(2, 2, 8).max_batch_size == 4  # never more requests than rows
+    with pytest.raises(ValueError, match="less than one row"):
+        derive_serving_limits(0.1, 1, 8)
+
+
+def test_queued_rows_policy_scales_on_rows():
+    from serve.autoscaling import QueuedRowsPolicy
+
+    policy = QueuedRowsPolicy(target_queued_rows=50)
+
+    def ctx(rows: dict, current: int = 2):
+        return SimpleNamespace(
+            aggregated_metrics={"queued_rows": rows} if rows is not None else {},
+            current_num_replicas=current,
+            target_num_replicas=current,
+        )
+
+    assert policy(ctx({"a": 100, "b": 100}))[0] == pytest.approx(4)  # 200 rows / 50 per replica
+    assert policy(ctx({"a": 10, "b": 0}))[0] == pytest.approx(0.2)  # Serve clamps to min_replicas
+    assert policy(ctx(None, current=3))[0] == 3  # no report yet: keep
+    with pytest.raises(ValueError):
+        QueuedRowsPolicy(0)
