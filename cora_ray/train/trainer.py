@@ -107,6 +107,10 @@ def _check_config(cfg: ExperimentConfig, local_cluster: bool) -> None:
             f"model.method {cfg.model.method} needs model.cf_artifact (a jobs/pretrain_cf.py output URI)"
         )
     resolve_precision(cfg.llm.dtype, t.use_gpu)
+    if t.tensorboard:  # asked for and not installed: a ConfigError naming the extra, before Ray starts
+        from cora_ray.train.progress import tensorboard_writer_class
+
+        tensorboard_writer_class()
     if local_cluster and not t.use_gpu:
         cpus = os.cpu_count() or 1
         if t.num_workers > cpus:

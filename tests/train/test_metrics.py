@@ -135,7 +135,8 @@ def test_ray_util_metrics_accepts_the_metrics_definitions_and_values():
     assert out == pytest.approx({"step_seconds": 0.5, "samples_per_s": 32.0, "loss": 0.69, "lr": 1e-4})
 
 
-def test_tensorboard_requested_but_missing_is_an_error_naming_the_extra(tmp_path, monkeypatch):
+def hide_tensorboard(monkeypatch) -> None:
+    """Make `torch.utils.tensorboard` and `tensorboardX` fail to import, installed or not."""
     real_import = builtins.__import__
 
     def no_tensorboard(name, *args, **kwargs):
@@ -144,6 +145,10 @@ def test_tensorboard_requested_but_missing_is_an_error_naming_the_extra(tmp_path
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+
+
+def test_tensorboard_requested_but_missing_is_an_error_naming_the_extra(tmp_path, monkeypatch):
+    hide_tensorboard(monkeypatch)
     with pytest.raises(ConfigError) as err:
         Progress(
             str(tmp_path / "run"),
@@ -163,6 +168,26 @@ def test_tensorboard_requested_but_missing_is_an_error_naming_the_extra(tmp_path
         samples_per_step=8,
         metrics=TrainMetrics("run2", FakeMetrics()),
     ).close()
+
+
+def test_the_driver_refuses_a_tensorboard_run_before_ray_starts(monkeypatch):
+    from cora_ray.config import ExperimentConfig, load_config
+    from cora_ray.train.trainer import _check_config
+
+    cfg = load_config(ExperimentConfig, None, ["model.cf_artifact=/nowhere/cf", "train.tensorboard=true"])
+    if _tensorboard_installed():
+        _check_config(cfg, local_cluster=False)  # installed: accepted
+    hide_tensorboard(monkeypatch)
+    with pytest.raises(ConfigError, match=r"cora_ray\[tensorboard\]"):
+        _check_config(cfg, local_cluster=False)
+    off = load_config(ExperimentConfig, None, ["model.cf_artifact=/nowhere/cf"])
+    _check_config(off, local_cluster=False)  # not asked for: nothing to install
+
+
+def _tensorboard_installed() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
 
 
 def test_the_tensorboard_extra_is_declared():
