@@ -14,6 +14,16 @@ in-process on a model with SmolLM2-135M's shape (30 layers, d_model 576) and the
 
 Results (bench/common.py format): serve_throughput_c{1,8,32}, serve_batching, serve_cache,
 serve_cache_components (+ .md each) and serve.md (overview).
+
+    python bench/bench_serve.py --admission --checkpoint <a SmolLM2 checkpoint of jobs/train.py>
+
+measures admission in rows (docs/deploy.md §6) instead: serve.local.config as shipped (its limits,
+batching, rows per forward; only the checkpoint, the dataset and the port are filled in), 16 and then 32
+closed-loop clients sending 5-item /v1/score requests (clients wait `Retry-After` after a 503). Per run:
+timeouts (HTTP 408/504 or the client's own timeout), every 200's latency against request_timeout_s, every
+503/429's latency against 1 s, and accepted rows/s per scorer CPU against the offline Scorer's rows/s on one
+CPU (a Ray task with the replica's CPU and thread count, same kind of rows, measured before and after the
+load). Results: serve_admission.json + .md, with the machine's load average.
 """
 
 from __future__ import annotations
@@ -239,12 +249,319 @@ def cache_components(setup_root: Path, rows: int, reps: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------------------
+# --admission: admission in rows under overload, against the offline scorer's rate
+# ---------------------------------------------------------------------------------------------------------
+
+ADMISSION_CLIENTS = (16, 32)
+ITEMS_PER_REQUEST = 5
+SCORER_THREADS = 1  # serve.local.config's CoRAScorer num_cpus (checked below); OMP threads alike
+
+
+def _offline_rows_per_s(checkpoint: str, data_uri: str, jobs: list[Any], rows: int, chunk: int) -> dict:
+    """The offline Scorer on one CPU (a Ray task like an evaluation actor): rows/s over `rows` rows."""
+    import ray
+
+    @ray.remote(num_cpus=SCORER_THREADS)
+    def measure() -> dict:
+        import torch
+
+        from cora_ray.infer.scorer import Scorer
+
+        torch.set_num_threads(SCORER_THREADS)
+        scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
+        users, items, hists = [], [], []
+        for j in jobs:
+            for i in j.item_ids:
+                users.append(j.user_id or 0)
+                items.append(i)
+                hists.append(j.history)
+        scorer.score(users[:chunk], items[:chunk], hists[:chunk], batch_size=chunk)  # warm up
+        t0 = time.perf_counter()
+        scorer.score(users[:rows], items[:rows], hists[:rows], batch_size=chunk)
+        seconds = time.perf_counter() - t0
+        return {
+            "rows": rows,
+            "seconds": seconds,
+            "rows_per_s": rows / seconds,
+            "threads": torch.get_num_threads(),
+        }
+
+    return ray.get(measure.remote())
+
+
+async def _admission_load(
+    base: str, clients: int, seconds: float, warmup: float, make_request, client_timeout: float
+) -> list[dict[str, Any]]:
+    """Closed loop; a 503/429 makes the client wait Retry-After (at most 5 s) before its next request.
+    Every request that starts inside [warmup, warmup + seconds) is recorded, and awaited to its end."""
+    import aiohttp
+
+    records: list[dict[str, Any]] = []
+    t_start = time.perf_counter() + warmup
+    t_end = t_start + seconds
+
+    async def client(k: int, session: aiohttp.ClientSession) -> None:
+        rng = random.Random(5000 + k)
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            path, body, n_rows = make_request(rng)
+            status, retry = None, None
+            try:
+                async with session.post(base + path, json=body) as resp:
+                    await resp.read()
+                    status = resp.status
+                    retry = resp.headers.get("Retry-After")
+            except TimeoutError:
+                status = "client_timeout"
+            t1 = time.perf_counter()
+            if t0 >= t_start:
+                records.append(
+                    {
+                        "start": t0 - t_start,
+                        "end": t1 - t_start,
+                        "latency_s": t1 - t0,
+                        "status": status,
+                        "rows": n_rows,
+                        "retry_after": retry,
+                    }
+                )
+            if status in (503, 429):
+                await asyncio.sleep(min(5.0, float(retry or 1)))
+
+    timeout = aiohttp.ClientTimeout(total=client_timeout)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=clients), timeout=timeout
+    ) as session:
+        await asyncio.gather(*(client(k, session) for k in range(clients)))
+    return records
+
+
+def summarize_admission(records: list[dict[str, Any]], seconds: float, request_timeout_s: float) -> dict:
+    """Counts and the checks of docs/deploy.md §6 for one load run."""
+    ok = [r for r in records if r["status"] == 200]
+    refused = [r for r in records if r["status"] in (503, 429)]
+    timeouts = [r for r in records if r["status"] in (408, 504, "client_timeout")]
+    other = [r for r in records if r not in ok and r not in refused and r not in timeouts]
+    in_window = [r for r in ok if r["end"] <= seconds]
+    ok_lat = [r["latency_s"] for r in ok]
+    ref_lat = [r["latency_s"] for r in refused]
+    return {
+        "requests": len(records),
+        "succeeded": len(ok),
+        "refused_503_429": len(refused),
+        "timeouts": len(timeouts),
+        "other_errors": {
+            str(s): sum(1 for r in other if r["status"] == s) for s in {r["status"] for r in other}
+        },
+        "accepted_rows": sum(r["rows"] for r in in_window),
+        "accepted_rows_per_s": sum(r["rows"] for r in in_window) / seconds,
+        "success_latency_s": {
+            "p50": percentile(ok_lat, 0.5),
+            "p99": percentile(ok_lat, 0.99),
+            "max": max(ok_lat, default=0.0),
+        },
+        "refusal_latency_s": {"p50": percentile(ref_lat, 0.5), "max": max(ref_lat, default=0.0)},
+        "every_success_within_request_timeout": all(x <= request_timeout_s for x in ok_lat),
+        "every_refusal_within_1s": all(x <= 1.0 for x in ref_lat),
+    }
+
+
+def run_admission(checkpoint: str, seconds: float, offline_rows: int) -> int:
+    """The --admission measurement (module docstring); writes bench/results/serve_admission.{json,md}."""
+    import yaml
+
+    from bench.common import machine
+    from cora_ray import storage
+    from cora_ray.infer.service import Catalog, RequestLimits
+    from cora_ray.ray_local import init_local_cluster, shutdown_local_cluster
+    from serve.app import resolve_data_uri
+
+    checkpoint = str(Path(checkpoint).absolute())
+    data_uri = str(Path(resolve_data_uri(checkpoint, None)).absolute())
+    config = yaml.safe_load((REPO / "serve.local.config").read_text())
+    app = config["applications"][0]
+    scorer_d = {d["name"]: d for d in app["deployments"]}["CoRAScorer"]
+    assert scorer_d["ray_actor_options"]["num_cpus"] == SCORER_THREADS, "serve.local.config changed: update"
+    port = harness.free_port()
+    base = f"http://127.0.0.1:{port}"
+    config["http_options"]["port"] = port
+    app["args"]["data_uri"] = data_uri
+    scorer_d["user_config"]["checkpoint_uri"] = checkpoint
+    uc = scorer_d["user_config"]
+    request_timeout_s = float(config["http_options"]["request_timeout_s"])
+    limits = app["args"]["limits"]
+
+    catalog = Catalog.from_dataset(data_uri)
+    known = sorted(u for u in catalog.user_ids if catalog.histories.get(catalog.user_ids[u]))
+    items = [r for r, i in catalog.item_ids.items() if catalog.title(i)]
+    rng = random.Random(7)
+    offline_jobs = [
+        catalog.resolve(rng.choice(known), rng.sample(items, ITEMS_PER_REQUEST), None, RequestLimits())
+        for _ in range(offline_rows // ITEMS_PER_REQUEST + 2)
+    ]
+
+    def make_request(r: random.Random):
+        return "/v1/score", {"user_id": r.choice(known), "item_ids": r.sample(items, ITEMS_PER_REQUEST)}, 5
+
+    load_before = os.getloadavg()
+    init_local_cluster(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {
+                "PYTHONPATH": str(REPO),
+                "OMP_NUM_THREADS": str(SCORER_THREADS),
+                "RAY_AUTH_MODE": "disabled",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        },
+    )
+    from ray import serve
+
+    runs: dict[str, Any] = {}
+    offline: list[dict] = []
+    try:
+        chunk = int(uc["max_rows_per_forward"])
+        offline.append(_offline_rows_per_s(checkpoint, data_uri, offline_jobs, offline_rows, chunk))
+        print(f"offline before: {offline[-1]}", flush=True)
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": request_timeout_s},
+            proxy_location="HeadOnly",
+        )
+        harness.deploy(config, timeout_s=600)
+        harness.wait_http(base)
+        run_load(base, 2, 20, make_request, warmup=1)  # warm every process (and the replica's rate)
+        for clients in ADMISSION_CLIENTS:
+            la = os.getloadavg()
+            recs = asyncio.run(
+                _admission_load(base, clients, seconds, 5.0, make_request, request_timeout_s + 30)
+            )
+            summary = summarize_admission(recs, seconds, request_timeout_s)
+            summary["load_average_during"] = [la, os.getloadavg()]
+            model = harness.request(base, "GET", "/v1/model")[1]
+            summary["replica"] = model.get("serving")
+            runs[f"c{clients}"] = summary
+            print(
+                f"clients {clients}: {json.dumps({k: v for k, v in summary.items() if k != 'replica'})}",
+                flush=True,
+            )
+            time.sleep(request_timeout_s / 4)  # let the queue drain between runs
+        offline.append(_offline_rows_per_s(checkpoint, data_uri, offline_jobs, offline_rows, chunk))
+        print(f"offline after: {offline[-1]}", flush=True)
+    finally:
+        serve.shutdown()
+        shutdown_local_cluster()
+
+    offline_rate = sum(o["rows_per_s"] for o in offline) / len(offline)
+    for r in runs.values():
+        r["accepted_rows_per_s_per_scorer_cpu"] = r["accepted_rows_per_s"] / SCORER_THREADS
+        r["ratio_to_offline_per_actor"] = r["accepted_rows_per_s_per_scorer_cpu"] / offline_rate
+        r["checks"] = {
+            "timeouts_0": r["timeouts"] == 0,
+            "success_within_request_timeout": r["every_success_within_request_timeout"],
+            "refusal_within_1s": r["every_refusal_within_1s"],
+            "rate_at_least_0.9_offline": r["ratio_to_offline_per_actor"] >= 0.9,
+        }
+    manifest = storage.read_json(storage.join(checkpoint, storage.MANIFEST))
+    record = {
+        "name": "serve_admission",
+        "checkpoint": {"base_llm": manifest["base_llm"]["identity"], "step": manifest.get("step")},
+        "serve_config": {
+            "file": "serve.local.config",
+            "user_config": {k: v for k, v in uc.items() if k != "checkpoint_uri"},
+            "limits": limits,
+            "max_ongoing_requests": scorer_d["max_ongoing_requests"],
+            "request_timeout_s": request_timeout_s,
+            "scorer_num_cpus": SCORER_THREADS,
+        },
+        "request": f"POST /v1/score, {ITEMS_PER_REQUEST} items, a known user with their stored history",
+        "seconds_per_run": seconds,
+        "offline_scorer": {"runs": offline, "rows_per_s_per_actor": offline_rate},
+        "runs": runs,
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "command": command_line_of_admission(checkpoint, seconds, offline_rows),
+        "machine": machine(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("serve_admission.json", json.dumps(record, indent=2) + "\n"),
+        ("serve_admission.md", admission_markdown(record)),
+    ):
+        tmp = RESULTS / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(RESULTS / name)
+    print(admission_markdown(record))
+    return 0
+
+
+def command_line_of_admission(checkpoint: str, seconds: float, offline_rows: int) -> str:
+    return (
+        f"python bench/bench_serve.py --admission --checkpoint <{Path(checkpoint).name}> "
+        f"--seconds {seconds:g} --offline-rows {offline_rows}"
+    )
+
+
+def admission_markdown(record: dict) -> str:
+    off = record["offline_scorer"]
+    cfg = record["serve_config"]
+    lines = [
+        "# Serving admission in rows under overload (bench/bench_serve.py --admission)",
+        "",
+        f"serve.local.config as shipped: max_queued_rows {cfg['user_config']['max_queued_rows']}, "
+        f"max_items {cfg['limits']['max_items']}, max_batch_rows {cfg['user_config']['max_batch_rows']}, "
+        f"max_rows_per_forward {cfg['user_config']['max_rows_per_forward']}, request_timeout_s "
+        f"{cfg['request_timeout_s']:g}, one scorer replica on {cfg['scorer_num_cpus']} CPU. Checkpoint: "
+        f"{record['checkpoint']['base_llm']} (a jobs/train.py demo run). Request: {record['request']}; "
+        f"{record['seconds_per_run']:g} s per run; clients wait Retry-After after a 503.",
+        "",
+        f"Offline Scorer, one CPU: {off['rows_per_s_per_actor']:.2f} rows/s "
+        f"(before {off['runs'][0]['rows_per_s']:.2f}, after {off['runs'][-1]['rows_per_s']:.2f}).",
+        "",
+        "| clients | requests | 200 | 503/429 | timeouts | 200 p50 / max (s) | 503 max (s) | accepted rows/s per scorer CPU | ÷ offline |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in record["runs"].items():
+        lines.append(
+            f"| {name[1:]} | {r['requests']} | {r['succeeded']} | {r['refused_503_429']} | {r['timeouts']} | "
+            f"{r['success_latency_s']['p50']:.1f} / {r['success_latency_s']['max']:.1f} | "
+            f"{r['refusal_latency_s']['max']:.2f} | {r['accepted_rows_per_s_per_scorer_cpu']:.2f} | "
+            f"{r['ratio_to_offline_per_actor']:.2f} |"
+        )
+    lines += ["", "Checks per run (docs/deploy.md §6):", ""]
+    for name, r in record["runs"].items():
+        lines.append(
+            f"- {name[1:]} clients: "
+            + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["checks"].items())
+        )
+    la = record["load_average"]
+    lines += [
+        "",
+        f"Machine load average (1, 5, 15 min): before {tuple(round(x, 1) for x in la['before'])}, after "
+        f"{tuple(round(x, 1) for x in la['after'])} — a shared 2-core machine; other engineers' jobs ran too.",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per point")
     parser.add_argument("--rounds", type=int, default=2, help="A/B rounds for the on/off comparisons")
     parser.add_argument("--skip-components", action="store_true", help="skip the SmolLM2-shaped timing")
+    parser.add_argument("--admission", action="store_true", help="the admission-in-rows measurement only")
+    parser.add_argument("--checkpoint", help="--admission: the checkpoint to serve (a real SmolLM2 one)")
+    parser.add_argument("--offline-rows", type=int, default=64, help="--admission: rows per offline timing")
     args = parser.parse_args(argv)
+    if args.admission:
+        if not args.checkpoint:
+            parser.error("--admission needs --checkpoint")
+        return run_admission(args.checkpoint, seconds=args.seconds, offline_rows=args.offline_rows)
 
     from ray import serve
 
@@ -273,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     port = harness.free_port()
     base = f"http://127.0.0.1:{port}"
     batch_on = {
-        "max_batch_size": 32,
+        "max_batch_rows": 32,
         "batch_wait_timeout_s": 0.005,
         "max_rows_per_forward": 64,
         "cache_bytes": 0,
@@ -318,9 +635,9 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         # 2. dynamic batching on vs off at 32 clients: end to end over HTTP, and at the scorer deployment
-        def measure(max_batch_size: int, via: str):
+        def measure(max_batch_rows: int, via: str):
             def fn():
-                use(max_batch_size=max_batch_size, cache_bytes=0)
+                use(max_batch_rows=max_batch_rows, cache_bytes=0)
                 if via == "http":
                     return run_load(base, 32, args.seconds, score_one(users, items))
                 return run_handle_load(jobs, 32, args.seconds)
@@ -352,13 +669,13 @@ def main(argv: list[str] | None = None) -> int:
                     config={
                         **common,
                         "request": what,
-                        "on": {"max_batch_size": 32, **{k: v for k, v in on.items() if k != "runs"}},
-                        "off": {"max_batch_size": 1, **{k: v for k, v in off.items() if k != "runs"}},
+                        "on": {"max_batch_rows": 32, **{k: v for k, v in on.items() if k != "runs"}},
+                        "off": {"max_batch_rows": 1, **{k: v for k, v in off.items() if k != "runs"}},
                         "runs": runs,
                     },
                     title=f"Dynamic batching across users ({via}): time per request at 32 clients, on vs off",
-                    value_label=f"batching on (max_batch_size 32): {on['throughput_rps']:.1f} req/s",
-                    baseline_label=f"batching off (max_batch_size 1): {off['throughput_rps']:.1f} req/s",
+                    value_label=f"batching on (max_batch_rows 32): {on['throughput_rps']:.1f} req/s",
+                    baseline_label=f"batching off (max_batch_rows 1): {off['throughput_rps']:.1f} req/s",
                     goal=0.25,
                     notes=(
                         f"Throughput gain {gain:.2f}x (goal >= 4x, i.e. ratio <= 0.25). p50 {on['p50_ms']:.0f} vs "
@@ -373,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def measure_cache(cache_bytes: int):
             def fn():
-                use(max_batch_size=32, cache_bytes=cache_bytes)
+                use(max_batch_rows=32, cache_bytes=cache_bytes)
                 before = harness.request(base, "GET", "/v1/model")[1]["cache"]
                 stats = run_load(base, 8, args.seconds, pattern)
                 after = harness.request(base, "GET", "/v1/model")[1]["cache"]

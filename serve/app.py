@@ -225,6 +225,11 @@ class _ReplicaMetrics:
         self.memory.set(device_memory_bytes(engine.adapter.scorer)[0], tags=self.tags)
 
 
+def _rows_of(jobs: list[ScoreJob]) -> int:
+    """The size of a @serve.batch batch in rows (max_batch_rows bounds it)."""
+    return sum(len(j.item_ids) for j in jobs)
+
+
 @serve.deployment(
     name="CoRAScorer", max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=30
 )
@@ -273,7 +278,7 @@ class CoRAScorer:
         assert self.engine is not None
         self.engine.set_options(options)
         self.admission.resize(options.max_queued_rows)
-        self._batched.set_max_batch_size(options.max_batch_size)
+        self._batched.set_max_batch_size(options.max_batch_rows)  # in rows: batch_size_fn=_rows_of
         self._batched.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -331,13 +336,19 @@ class CoRAScorer:
 
     async def score(self, job: ScoreJob) -> ScoreResult:
         rows = len(job.item_ids)
+        if rows > self.engine.options.max_batch_rows:  # Serve's batcher would fail it: say why
+            raise RequestError(
+                f"the request has {rows} rows; a scorer batch holds at most {self.engine.options.max_batch_rows} "
+                "(user_config.max_batch_rows): the application's limits.max_items must not exceed it",
+                422,
+            )
         self.admission.admit(rows)  # Overloaded (→ 503 + Retry-After) before any waiting
         try:
             return await self._batched(job)
         finally:
             self.admission.release(rows)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_rows_of)
     async def _batched(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
         # the forward passes run off the event loop so health checks and new requests are not blocked
         results = await asyncio.to_thread(self.engine.score_jobs, jobs)
@@ -607,7 +618,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
 
     scorer_opts: dict[str, Any] = {
         "user_config": user_config,
-        "max_ongoing_requests": max(options.max_queued_rows, options.max_batch_size),
+        "max_ongoing_requests": options.max_queued_rows,  # each request has >= 1 row
     }
     if parsed.route_by_user:
         from ray.serve.config import RequestRouterConfig

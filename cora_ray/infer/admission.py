@@ -9,13 +9,14 @@ derivation (docs/deploy.md §6 writes it out; tests/serve/test_configs.py recomp
 from it):
 
     max_queued_rows        Q = floor(R · T)              rows accepted per replica (the admission bound)
-    max_items              = Q                           a request must fit the queue of an idle replica
-    max_batch_size         = min(rows_per_forward, Q)    requests per @serve.batch call: enough 1-row
-                                                         requests to fill one forward chunk
+    max_batch_rows         B = max(1, floor(Q / 2))      rows per @serve.batch call: while one batch
+                                                         computes, the next waits fully admitted (no idle
+                                                         gap between batches)
+    max_items              = B                           a request fits one batch
     max_ongoing_requests   = Q                           every request has >= 1 row, so Serve's request
                                                          bound never refuses what the row bound accepts
-    request_timeout_s      = ceil(2 · T)                 an accepted request: <= T queued + its own chunk;
-                                                         ×2 for rate noise
+    request_timeout_s      = ceil(2 · T)                 an accepted request waits for <= Q rows ahead
+                                                         plus its batch (<= B): <= 1.5·T, rounded up to 2·T
     target_queued_rows     = ceil(Q / 2)                 autoscaling target: a replica's queue half full
 """
 
@@ -52,7 +53,7 @@ class ServingLimits:
     rows_per_forward: int
     max_queued_rows: int
     max_items: int
-    max_batch_size: int
+    max_batch_rows: int
     max_ongoing_requests: int
     request_timeout_s: int
     target_queued_rows: int
@@ -78,8 +79,8 @@ def derive_serving_limits(rows_per_s: float, latency_target_s: float, rows_per_f
         latency_target_s=latency_target_s,
         rows_per_forward=rows_per_forward,
         max_queued_rows=q,
-        max_items=q,
-        max_batch_size=min(rows_per_forward, q),
+        max_items=max(1, q // 2),
+        max_batch_rows=max(1, q // 2),
         max_ongoing_requests=q,
         request_timeout_s=math.ceil(2 * latency_target_s),
         target_queued_rows=math.ceil(q / 2),

@@ -76,7 +76,7 @@ class ScorerOptions:
     """
 
     checkpoint_uri: str | None = None
-    max_batch_size: int = 32  # requests per @serve.batch call
+    max_batch_rows: int = 32  # rows per @serve.batch call (requests gathered until their rows reach it)
     batch_wait_timeout_s: float = 0.01  # how long a batch waits to fill
     max_rows_per_forward: int = 64  # rows (user, item) per forward pass; a batch is split into chunks of this
     cache_bytes: int = DEFAULT_CACHE_BYTES
@@ -85,7 +85,7 @@ class ScorerOptions:
     max_queued_rows: int = 64
 
     def __post_init__(self) -> None:
-        _check(self.max_batch_size > 0, f"max_batch_size must be > 0, got {self.max_batch_size}")
+        _check(self.max_batch_rows > 0, f"max_batch_rows must be > 0, got {self.max_batch_rows}")
         _check(
             self.batch_wait_timeout_s >= 0,
             f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}",

@@ -37,7 +37,7 @@ def app_config(
     """A serve.local.config-shaped config for the given artifacts."""
     user_config = {
         "checkpoint_uri": checkpoint_uri,  # named here only, as in the shipped configs
-        "max_batch_size": 16,
+        "max_batch_rows": 64,
         "batch_wait_timeout_s": 0.005,
         "max_rows_per_forward": 32,
         "cache_bytes": 0,
@@ -62,7 +62,7 @@ def app_config(
                     {
                         "name": "CoRAScorer",
                         "num_replicas": scorer_replicas,
-                        "max_ongoing_requests": max(64, user_config["max_batch_size"]),
+                        "max_ongoing_requests": 64,
                         "health_check_period_s": 2,
                         "health_check_timeout_s": 30,
                         "graceful_shutdown_timeout_s": 10,

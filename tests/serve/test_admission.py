@@ -55,10 +55,10 @@ def test_latency_histogram_buckets():
 
 def test_serving_limits_follow_from_rate_and_latency_target():
     lim = derive_serving_limits(rows_per_s=10, latency_target_s=10, rows_per_forward=16)
-    assert (lim.max_queued_rows, lim.max_items, lim.max_batch_size) == (100, 100, 16)
+    assert (lim.max_queued_rows, lim.max_items, lim.max_batch_rows) == (100, 50, 50)
     assert (lim.max_ongoing_requests, lim.request_timeout_s, lim.target_queued_rows) == (100, 20, 50)
     assert derive_serving_limits(2.5, 3, 8).max_queued_rows == 7  # floor
-    assert derive_serving_limits(2, 2, 8).max_batch_size == 4  # never more requests than rows
+    assert derive_serving_limits(0.5, 2, 8).max_batch_rows == 1  # at least one row
     with pytest.raises(ValueError, match="less than one row"):
         derive_serving_limits(0.1, 1, 8)
 

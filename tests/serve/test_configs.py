@@ -31,7 +31,9 @@ def test_config_is_valid_for_serve_and_for_the_app(name):
     assert set(deployments) == {CoRAScorer.name, CoRAIngress.name}
     scorer = deployments["CoRAScorer"]
     options = ScorerOptions.from_user_config(scorer.user_config)
-    assert scorer.max_ongoing_requests >= options.max_batch_size  # a batch can fill
+    limits = data["applications"][0]["args"]["limits"]
+    assert limits["max_items"] <= options.max_batch_rows  # any request fits one batch
+    assert scorer.max_ongoing_requests >= options.max_queued_rows  # the row bound refuses first
     assert scorer.health_check_period_s and scorer.health_check_timeout_s
 
 
@@ -139,7 +141,7 @@ def test_serving_limits_follow_from_the_docs_rate_and_latency_target(name):
     scorer = {d["name"]: d for d in app["deployments"]}["CoRAScorer"]
     uc = scorer["user_config"]
     assert uc["max_queued_rows"] == lim.max_queued_rows
-    assert uc["max_batch_size"] == lim.max_batch_size
+    assert uc["max_batch_rows"] == lim.max_batch_rows
     assert uc["max_rows_per_forward"] == lim.rows_per_forward
     assert app["args"]["limits"]["max_items"] == lim.max_items <= lim.max_queued_rows
     assert scorer["max_ongoing_requests"] == lim.max_ongoing_requests
@@ -153,7 +155,7 @@ def test_serving_limits_follow_from_the_docs_rate_and_latency_target(name):
     expected = {
         "user_config.max_queued_rows": lim.max_queued_rows,
         "args.limits.max_items": lim.max_items,
-        "user_config.max_batch_size": lim.max_batch_size,
+        "user_config.max_batch_rows": lim.max_batch_rows,
         "user_config.max_rows_per_forward": lim.rows_per_forward,
         "max_ongoing_requests": lim.max_ongoing_requests,
         "http_options.request_timeout_s": lim.request_timeout_s,

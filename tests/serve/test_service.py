@@ -94,12 +94,12 @@ def test_top_k_sorted_with_stable_ties():
 
 def test_scorer_options_merge_and_validate():
     base = ScorerOptions(checkpoint_uri="x", cache_bytes=10)
-    opts = ScorerOptions.from_user_config({"max_batch_size": 4}, base)
-    assert (opts.checkpoint_uri, opts.cache_bytes, opts.max_batch_size) == ("x", 10, 4)
+    opts = ScorerOptions.from_user_config({"max_batch_rows": 4}, base)
+    assert (opts.checkpoint_uri, opts.cache_bytes, opts.max_batch_rows) == ("x", 10, 4)
     with pytest.raises(ConfigError, match="unknown key 'nope'"):
         ScorerOptions.from_user_config({"nope": 1})
-    with pytest.raises(ConfigError, match="max_batch_size"):
-        ScorerOptions.from_user_config({"max_batch_size": 0})
+    with pytest.raises(ConfigError, match="max_batch_rows"):
+        ScorerOptions.from_user_config({"max_batch_rows": 0})
 
 
 def jobs() -> list[ScoreJob]:
