@@ -1,4 +1,4 @@
-"""CF-only baseline rows on real ML-1M (SPEC §7): MF, LightGCN, SASRec test AUC/UAUC and training time.
+"""CF-only baseline rows on real ML-1M (docs/method.md §7): MF, LightGCN, SASRec test AUC/UAUC and training time.
 
 Runs jobs/pretrain_cf.py once per backbone (the exact commands are recorded with each row), publishes the
 artifacts other jobs use (artifacts/cf/<backbone>), and writes bench/results/cf_ml1m.{json,md}.
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
 DATA = "artifacts/ml-1m"
-PAPER = {  # SPEC §7, ML-1M test AUC / UAUC
+PAPER = {  # docs/method.md §7, ML-1M test AUC / UAUC
     "mf": (0.6486, 0.6396),
     "lightgcn": (0.5858, 0.6512),
     "sasrec": (0.7005, 0.6734),
@@ -88,7 +88,7 @@ def markdown(result: dict) -> str:
         "# CF-only baselines on ML-1M (test split, all rows)",
         "",
         f"Dataset `{DATA}` (hash `{result['dataset_hash'][:12]}`), machine: {result['machine']}. "
-        "AUC over all test rows, UAUC = mean per-user AUC (SPEC §6). Training time = the chosen run's "
+        "AUC over all test rows, UAUC = mean per-user AUC (docs/method.md §6). Training time = the chosen run's "
         "training loop (epochs + per-epoch validation); job wall = the whole command (Ray start, data, all "
         "trials, final evaluation, artifact).",
         "",

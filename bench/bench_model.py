@@ -1,4 +1,4 @@
-"""Benchmarks of the CoRA model on the bundled SmolLM2-135M (fp32, CPU): DESIGN §5 rules 1–3, measured.
+"""Benchmarks of the CoRA model on the bundled SmolLM2-135M (fp32, CPU): docs/architecture.md §5 rules 1–3, measured.
 
     .venv/bin/python bench/bench_model.py                  # ~5 min on 2 cores; `make bench` runs it too
     .venv/bin/python bench/bench_model.py --reps 5         # more repetitions (median is reported)
@@ -159,7 +159,7 @@ def cora_train_step(model: RecModel, opt: torch.optim.Optimizer, batch: dict) ->
 
 
 def full_vocab_score(model: ZeroShotModel, batch: dict) -> torch.Tensor:
-    """What DESIGN §5.2 forbids: the LM head over every position and the whole vocabulary."""
+    """What docs/architecture.md §5.2 forbids: the LM head over every position and the whole vocabulary."""
     mask = batch["attention_mask"]
     logits = model.lm(
         input_ids=batch["input_ids"],
@@ -379,7 +379,7 @@ def main(argv: list[str]) -> int:
                 f"{fwd_bwd / median(wall['frozen_fwd_bwd']):.3f}; the step adds the AdamW update (torch default, "
                 f"foreach) of {config['generator_params'] + config['P_params']:,} trainable parameters, 98% of "
                 "them the paper-size generator, a small part of it. The same step without the collaborative "
-                f"layers' dropout (p = 0.05 on x, SPEC default): {median(wall['cora_step_no_dropout']):.3f} s, "
+                f"layers' dropout (p = 0.05 on x, docs/method.md §2.3 default): {median(wall['cora_step_no_dropout']):.3f} s, "
                 f"ratio {median(wall['cora_step_no_dropout']) / median(wall['frozen_fwd_bwd']):.3f}. "
                 "Where the rest goes on a 2-core CPU: the 120 per-row rank-r paths (a bmm and a matmul each way, "
                 "plus one more gradient summed into every projection's input), the dropout copies of x, and the "

@@ -1,4 +1,4 @@
-"""The CoRA checkpoint (DESIGN §3.4): what training writes and evaluation / serving load.
+"""The CoRA checkpoint (docs/architecture.md §3.4): what training writes and evaluation / serving load.
 
     <uri>/trainable.safetensors   generator + every P_m (or the baseline's trainable parts) — never the LLM
     <uri>/manifest.json           written last: the commit marker

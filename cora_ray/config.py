@@ -206,7 +206,7 @@ def _check(cond: bool, message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# experiment sections (SPEC §2–4 defaults)
+# experiment sections (docs/method.md §2–4 defaults)
 # ---------------------------------------------------------------------------------------------------------
 
 AUTHORS_TEMPLATE = (
@@ -226,7 +226,7 @@ class DataConfig:
 
 @dataclass
 class PromptConfig:
-    """SPEC §3 prompt. `{history}` and `{target}` are filled with quoted titles."""
+    """docs/method.md §3 prompt. `{history}` and `{target}` are filled with quoted titles."""
 
     template: str = AUTHORS_TEMPLATE
     domain: str = "movie"  # "book" for Amazon-Book
@@ -263,7 +263,7 @@ class LLMConfig:
 
 @dataclass
 class GeneratorConfig:
-    """SPEC §2.2 collaborative query generator."""
+    """docs/method.md §2.2 collaborative query generator."""
 
     num_queries: int = 4  # k
     num_layers: int = 8  # N
@@ -315,7 +315,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """SPEC §4 optimisation + the Ray Train / DeepSpeed run."""
+    """docs/method.md §4 optimisation + the Ray Train / DeepSpeed run."""
 
     lr: float = 1e-3
     warmup_steps: int = 200
@@ -350,7 +350,9 @@ class TrainConfig:
     shuffle_buffer_rows: int = 1024  # per-worker local shuffle buffer of encoded rows (0: none)
     cpu_threads_per_worker: int | None = None  # torch threads per worker on CPU (None: cores / num_workers)
     save_optimizer_state: bool = True  # AdamW moments per rank in each checkpoint (exact resume)
-    tensorboard: bool = False  # TensorBoard event files on rank 0; needs `pip install 'cora_ray[tensorboard]'`
+    tensorboard: bool = (
+        False  # TensorBoard event files on rank 0; needs `pip install 'cora_ray[tensorboard]'`
+    )
     accelerator_type: str | None = (
         None  # GPU runs: ScalingConfig(accelerator_type=...), e.g. "A100" (cluster.yaml)
     )

@@ -9,7 +9,7 @@ already exists — a directory with its manifest — is reused, so a second `mak
                   → runs/<run>/...; the best checkpoint is published at artifacts/demo/checkpoint
                     (what serve.local.config serves)
 4. evaluate       MF, the zero-shot LLM and CoRA-MF on the same seeded sample of the test split
-5. a table of AUC / UAUC, beside the paper's values (SPEC §7), and the wall time of every step.
+5. a table of AUC / UAUC, beside the paper's values (docs/method.md §7), and the wall time of every step.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run (or collect) every method of SPEC §8 on one dataset → comparison.md + comparison.png (+ .json).
+"""Run (or collect) every method of docs/method.md §8 on one dataset → comparison.md + comparison.png (+ .json).
 
     python jobs/compare.py --config configs/compare_ml1m_cpu.yaml
     python jobs/compare.py --config configs/compare_ml1m_cpu.yaml limit=400 out=results/quick

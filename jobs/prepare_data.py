@@ -1,4 +1,4 @@
-"""Prepare a protocol dataset (DESIGN §3.1): ML-1M, Amazon-Book or the seeded synthetic one.
+"""Prepare a protocol dataset (docs/architecture.md §3.1): ML-1M, Amazon-Book or the seeded synthetic one.
 
     python jobs/prepare_data.py --dataset ml-1m --out artifacts/ml-1m            # bundled RecBole copy
     python jobs/prepare_data.py --dataset ml-1m --source /data/ml-1m --out s3://bucket/ml-1m

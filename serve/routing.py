@@ -1,6 +1,6 @@
 """User-affinity routing for the scorer deployment: a user's requests go to the same replica while it has room.
 
-Each scorer replica keeps its own G cache (DESIGN §4), so the cache only pays off across requests if the
+Each scorer replica keeps its own G cache (docs/architecture.md §4), so the cache only pays off across requests if the
 same user lands on the same replica. Ray Serve's default router (power of two choices) spreads a user's
 requests over all replicas; `@serve.multiplexed` would pin users but splits batches per model id, which
 ends cross-user batching. This router is Ray Serve's public extension point for that choice

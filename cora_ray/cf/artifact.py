@@ -1,4 +1,4 @@
-"""The CF artifact (DESIGN §3.2): what pretraining writes and CoRA / CoLLM / evaluation / serving load.
+"""The CF artifact (docs/architecture.md §3.2): what pretraining writes and CoRA / CoLLM / evaluation / serving load.
 
     <uri>/model.safetensors            every tensor of the backbone (user and item tables, LightGCN's graph,
                                        SASRec's blocks, known_users)

@@ -24,7 +24,7 @@ class CFModelConfig:
     """The backbone. All three output `dim`-dimensional user and item vectors; score = dot product."""
 
     backbone: Literal["mf", "lightgcn", "sasrec"] = "mf"
-    dim: int = 256  # SPEC §2.1: 256 in the paper (CoRA's generator takes concat(e_u, e_i) = 512)
+    dim: int = 256  # docs/method.md §2.1: 256 in the paper (CoRA's generator takes concat(e_u, e_i) = 512)
     init_std: float = 0.1  # normal init of the embedding tables
     # LightGCN
     num_layers: int = 2  # propagation layers

@@ -1,4 +1,4 @@
-"""The three CF backbones behind `CFBackbone` (SPEC §2.1). Pure torch: importable without Ray.
+"""The three CF backbones behind `CFBackbone` (docs/method.md §2.1). Pure torch: importable without Ray.
 
 Every backbone holds `known_users` (which users had train interactions: `knows_user`) and reports the
 hyper-parameters that rebuild it (`spec()`), so an artifact is `spec` + safetensors state and nothing else.

@@ -88,7 +88,7 @@ def predict(model: CFBackbone, split: CFSplit, batch_size: int = 8192) -> np.nda
 
 
 def evaluate(model: CFBackbone, split: CFSplit, batch_size: int = 8192, with_uauc: bool = True) -> dict:
-    """AUC / UAUC (SPEC §6) of the model's scores on a split; where AUC is undefined, says why.
+    """AUC / UAUC (docs/method.md §6) of the model's scores on a split; where AUC is undefined, says why.
 
     UAUC costs one sklearn call per user (most of the time of a CF evaluation): `with_uauc=False` skips it."""
     if len(split) == 0:

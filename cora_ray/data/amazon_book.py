@@ -1,4 +1,4 @@
-"""Amazon-Book (Amazon reviews 2018, Books 5-core + metadata) → protocol dataset (SPEC §5).
+"""Amazon-Book (Amazon reviews 2018, Books 5-core + metadata) → protocol dataset (docs/method.md §5).
 
 Inputs, in a local directory or s3:// prefix: `Books_5.json[.gz]` (JSON lines with reviewerID, asin,
 overall, unixReviewTime) and `meta_Books.json[.gz]` (JSON lines with asin, title). gzip is detected by
@@ -22,7 +22,7 @@ Protocol:
   (`untitled_items_dropped`, `untitled_rows_dropped`). Titles are HTML-unescaped, whitespace collapsed.
 - duplicate reviews (same reviewer, asin and time; they exist in the 2018 dump) are kept as rows.
 
-With the real files the SPEC expects train 727,463 / valid 25,747 / test 25,747 rows, 22,966 users and
+With the real files docs/method.md §5 expects train 727,463 / valid 25,747 / test 25,747 rows, 22,966 users and
 34,153 items (not asserted here: the real dump is not available offline to identify it).
 
 Bad input (missing file, broken gzip, a line that is not a JSON object, a missing or wrongly typed

@@ -1,4 +1,4 @@
-"""MovieLens-1M → protocol dataset (SPEC §5).
+"""MovieLens-1M → protocol dataset (docs/method.md §5).
 
 Sources (local directory or s3:// prefix):
 - a GroupLens `ml-1m` folder: `ratings.dat` (`UserID::MovieID::Rating::Timestamp`) and `movies.dat`
@@ -15,7 +15,7 @@ ids re-mapped over the kept rows; valid_small = seeded 50% of valid. Titles are 
 Every rating must refer to a movie with a title (any row of the file, kept or not): a rating for an
 unknown movie is a DataError, as is a malformed line, a missing header column, a non-numeric or
 out-of-range rating or timestamp, or an empty split. When the input has exactly the 1,000,209 ratings of
-the real dataset, the SPEC's counts are asserted (a modified copy is refused rather than silently used).
+the real dataset, the counts of docs/method.md §5 are asserted (a modified copy is refused rather than silently used).
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ def load_ml1m(
 
 
 def _assert_reference(tables: ProtocolTables, uri: str) -> None:
-    """The real ML-1M must give the SPEC's numbers exactly; anything else is a modified copy."""
+    """The real ML-1M must give the numbers of docs/method.md §5 exactly; anything else is a modified copy."""
     got = {
         "counts": {k: tables.splits[k].num_rows for k in EXPECTED["counts"]},
         "users": tables.users.num_rows,

@@ -1,4 +1,4 @@
-"""SPEC §3 prompts: build the question text and tokenise batches of rows into left-padded model inputs.
+"""docs/method.md §3 prompts: build the question text and tokenise batches of rows into left-padded model inputs.
 
     #Question: A user has given high ratings to the following movies: "A (1995)", "B (1996)". Leverage the
     information to predict whether the user would enjoy the movie titled "C (1997)"? Answer with "Yes" or
@@ -10,7 +10,7 @@ position whose next-token logits score the answer. It
 
 - keeps the last `cfg.max_history` history items, oldest first, and drops the oldest of them while the
   prompt is longer than `cfg.max_prompt_tokens` (the question and the target title are never cut);
-- wraps the question in the tokenizer's chat template when `cfg.chat_template` (SPEC §7b: the instruct
+- wraps the question in the tokenizer's chat template when `cfg.chat_template` (docs/method.md §7b: the instruct
   model then answers "Yes"/"No" without a leading space);
 - with `collab_placeholders=True` (CoLLM), puts one placeholder token after "A user" and one after the
   target title (or at `{user}` / `{item}` fields of the template) and returns their positions
@@ -124,7 +124,7 @@ def build_prompt(
     cfg: PromptConfig,
     placeholders: tuple[str, str] | None = None,
 ) -> str:
-    """The SPEC §3 question for one row (without any chat template).
+    """The docs/method.md §3 question for one row (without any chat template).
 
     history_titles: the user's earlier positive items' titles, oldest first (only the last
     `cfg.max_history` are used; none gives `cfg.empty_history`). `placeholders`: (user, item) texts for

@@ -1,4 +1,4 @@
-"""The protocol dataset on disk (DESIGN §3.1): the one contract between data preparation and everything else.
+"""The protocol dataset on disk (docs/architecture.md §3.1): the one contract between data preparation and everything else.
 
     <uri>/interactions/<split>/part-00000.parquet   split ∈ train, valid, valid_small, test
         user_id int32, item_id int32, label int8, ts int64, history list<int32>, warm bool

@@ -1,4 +1,4 @@
-"""The comparison job (SPEC §8): every method on one dataset → comparison.md + comparison.png.
+"""The comparison job (docs/method.md §8): every method on one dataset → comparison.md + comparison.png.
 
     cfg = load_config(CompareConfig, "configs/compare_ml1m_cpu.yaml", overrides)
     summary = run_compare(cfg)
@@ -11,7 +11,7 @@ For each method of the config, in order:
 3. an artifact that does not exist yet is first produced by the method's `produce` commands (pretraining,
    training), run in order; without them the row is reported as "not run" (`strict` makes it an error).
 
-The table puts the measured AUC / UAUC beside the paper's (SPEC §7); comparison.json holds everything.
+The table puts the measured AUC / UAUC beside the paper's (docs/method.md §7); comparison.json holds everything.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class CompareMethod:
     uri: str | None = None  # CF artifact | checkpoint or training run dir | an evaluation's output dir
     config: str | None = None  # zero_shot: experiment YAML whose llm + prompt sections are used
     overrides: list[str] = field(default_factory=list)  # dotted overrides of `config` (zero_shot)
-    paper: str | None = None  # SPEC §7 row (default: looked up from `name`)
+    paper: str | None = None  # docs/method.md §7 row (default: looked up from `name`)
     produce: list[str] = field(
         default_factory=list
     )  # commands that create `uri` if missing ({python}: this Python)

@@ -1,4 +1,4 @@
-"""Evaluation (DESIGN §3.5): score the rows of one or more splits and write metrics.json + report.md.
+"""Evaluation (docs/architecture.md §3.5): score the rows of one or more splits and write metrics.json + report.md.
 
     doc = evaluate(ScorerSource("checkpoint", uri), "results/cora_mf", splits=["test", "test_warm"], limit=400)
 
@@ -12,7 +12,7 @@ Flow:
 3. Scoring: Ray Data `map_batches` with the scorer as an actor pool (one actor per CPU, or per GPU with
    `use_gpu`), rows sorted by approximate prompt length so that batches pad little; `num_actors=0` scores
    in this process without Ray (GPU scripts, debugging). A progress bar counts rows.
-4. Metrics per split (SPEC §6: AUC, UAUC, users used / skipped, rows) and the files, published atomically
+4. Metrics per split (docs/method.md §6: AUC, UAUC, users used / skipped, rows) and the files, published atomically
    at `out` (storage.atomic_dir; `manifest.json` last): metrics.json, report.md, scores/<split>.parquet.
    On any error nothing is published at `out`.
 
@@ -158,7 +158,7 @@ def _clean(value: Any) -> Any:
 
 
 def split_metrics(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, population: int) -> dict:
-    """SPEC §6 metrics of one split; a split too small for AUC gets nulls and a note instead of failing."""
+    """docs/method.md §6 metrics of one split; a split too small for AUC gets nulls and a note instead of failing."""
     n = len(labels)
     out: dict[str, Any] = {
         "rows": int(n),

@@ -1,4 +1,4 @@
-"""SPEC §6 metrics: AUC over all rows, UAUC = mean per-user AUC over users with both labels."""
+"""docs/method.md §6 metrics: AUC over all rows, UAUC = mean per-user AUC over users with both labels."""
 
 from __future__ import annotations
 

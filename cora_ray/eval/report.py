@@ -1,4 +1,4 @@
-"""Reports: the SPEC §7 table with measured values beside the paper's, and a grouped-bar PNG.
+"""Reports: the docs/method.md §7 table with measured values beside the paper's, and a grouped-bar PNG.
 
 Pure functions over plain dicts (what `metrics.json` holds), so that reports can be rebuilt from stored
 results without a model, and importable without Ray or torch. matplotlib is imported (Agg backend) only
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# SPEC §7: (AUC, UAUC) on the test split, Vicuna-7B on GPUs.
+# docs/method.md §7: (AUC, UAUC) on the test split, Vicuna-7B on GPUs.
 PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
     "MF": {"amazon-book": (0.7105, 0.5543), "ml-1m": (0.6486, 0.6396)},
     "LightGCN": {"amazon-book": (0.7026, 0.5619), "ml-1m": (0.5858, 0.6512)},
@@ -43,7 +43,7 @@ DATASET_LABELS = {"ml-1m": "ML-1M", "amazon-book": "Amazon-Book"}
 
 
 def paper_row(name: str | None) -> str | None:
-    """The SPEC §7 row a method name refers to (case-insensitive; aliases like 'zero-shot' → 'ICL')."""
+    """The docs/method.md §7 row a method name refers to (case-insensitive; aliases like 'zero-shot' → 'ICL')."""
     if not name:
         return None
     for key in PAPER_RESULTS:
@@ -73,7 +73,7 @@ class ComparisonRow:
 
     name: str
     metrics: dict | None  # {"auc", "uauc", "rows", "users_skipped", ...} or None when not run
-    paper: str | None = None  # SPEC §7 row name; None → looked up from `name`
+    paper: str | None = None  # docs/method.md §7 row name; None → looked up from `name`
     note: str = ""
 
     @property
@@ -88,7 +88,7 @@ def comparison_markdown(
     title: str | None = None,
     notes: str = "",
 ) -> str:
-    """The SPEC §7 layout for one dataset: each measured AUC / UAUC beside the paper's value.
+    """The docs/method.md §7 layout for one dataset: each measured AUC / UAUC beside the paper's value.
 
     The best measured AUC and UAUC are in bold, as in the paper."""
     label = dataset_label(dataset)
@@ -100,7 +100,7 @@ def comparison_markdown(
     if title:
         lines += [f"## {title}", ""]
     lines += [
-        f"Split: `{split}`. Measured values beside the paper's (SPEC §7, Vicuna-7B); **bold** = best measured.",
+        f"Split: `{split}`. Measured values beside the paper's (docs/method.md §7, Vicuna-7B); **bold** = best measured.",
         "",
         f"| Method | {label} AUC | {label} AUC (paper) | {label} UAUC | {label} UAUC (paper) | Rows | Users in UAUC | Users skipped |",
         "|---|---|---|---|---|---|---|---|",
@@ -125,7 +125,7 @@ def comparison_markdown(
 
 
 def paper_table_markdown() -> str:
-    """SPEC §7 as published (both datasets), for reference."""
+    """docs/method.md §7 as published (both datasets), for reference."""
     lines = [
         "| Method | Amazon-Book AUC | Book UAUC | ML-1M AUC | ML-1M UAUC |",
         "|---|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""Inference: the batched scorer shared by evaluation and serving (DESIGN §3.5–3.6, §4).
+"""Inference: the batched scorer shared by evaluation and serving (docs/architecture.md §3.5–3.6, §4).
 
 - `cora_ray.infer.scorer.Scorer`: checkpoints (CoRA, TALLRec, CoLLM) and the zero-shot base LLM.
 - `cora_ray.infer.cf_scorer.CFScorer`: CF-only artifacts through the same `score(...)` call.

@@ -1,4 +1,4 @@
-"""The per-user collaborative weight cache (DESIGN §4): generated G matrices kept LRU under a byte budget.
+"""The per-user collaborative weight cache (docs/architecture.md §4): generated G matrices kept LRU under a byte budget.
 
 G(u, i) ∈ R^{d_model × r} depends on the CF vectors of u and i and on the checkpoint, not on the prompt,
 so a user who comes back with overlapping candidates can skip the generator for the pairs seen before.

@@ -1,4 +1,4 @@
-"""CF-only scoring (SPEC §8 "CF only"): a pretrained backbone's own logit, behind the Scorer's interface.
+"""CF-only scoring (docs/method.md §8 "CF only"): a pretrained backbone's own logit, behind the Scorer's interface.
 
     scorer = CFScorer.from_artifact("artifacts/cf/mf", data_uri="artifacts/ml-1m")
     scores = scorer.score(user_ids, item_ids, histories)          # np.ndarray (n,), float32 logits

@@ -241,7 +241,7 @@ class Scorer:
         endpoint: str | None = None,
         trust_remote_code: bool = False,
     ) -> Scorer:
-        """The zero-shot model (SPEC §8 "ICL"): the frozen base LLM of `cfg.llm` with `cfg.prompt`, nothing
+        """The zero-shot model (docs/method.md §8 "ICL"): the frozen base LLM of `cfg.llm` with `cfg.prompt`, nothing
         trained. `cfg.model.method` is taken as "zero_shot" whatever it says. `llm.trust_remote_code` needs
         the operator's consent (`trust_remote_code=True`), as for a checkpoint."""
         t0 = time.perf_counter()

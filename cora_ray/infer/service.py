@@ -8,7 +8,7 @@ Nothing here imports Ray Serve, so every rule is testable in-process:
     [result] = engine.score_jobs([job])                          # many users' jobs → one batched forward
     top = top_k(req.candidates, result.scores, k)                # (raw id, score), best first
 
-Cold start (DESIGN §3.6, issue 7): a user the dataset does not know is scored with G = 0 — a zero
+Cold start (docs/architecture.md §3.6, issue 7): a user the dataset does not know is scored with G = 0 — a zero
 collaborative delta, i.e. the plain LLM with the text prompt — and the response says `cold_start: true`.
 A dataset user the CF backbone has no train interactions for is flagged the same way and scored by the rule
 the checkpoint was trained and evaluated with, so that served scores equal evaluated ones: a G generated
@@ -210,7 +210,7 @@ def _name_ids(ids: Sequence[str], limit: int = 10) -> str:
 
 @dataclass
 class Catalog:
-    """The dataset's one id mapping (DESIGN §3.1) plus titles and each user's latest positive history."""
+    """The dataset's one id mapping (docs/architecture.md §3.1) plus titles and each user's latest positive history."""
 
     user_ids: dict[str, int]
     item_ids: dict[str, int]

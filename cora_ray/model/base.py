@@ -1,6 +1,6 @@
 """What every recommender model shares: the frozen LLM, the "Yes" score, the loss, the trainable-only state.
 
-Score (SPEC §3, DESIGN §5.2). With h = the final hidden state at the last prompt position (left padding
+Score (docs/method.md §3, docs/architecture.md §5.2). With h = the final hidden state at the last prompt position (left padding
 makes that position -1) and W the LM head:
 
     score = h · W[yes] (+ b[yes])                 or, with a negative token,  h · (W[yes] − W[no]) (+ ...)

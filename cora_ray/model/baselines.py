@@ -1,4 +1,4 @@
-"""The baselines of SPEC §8, through the same `RecModel` interface as CoRA.
+"""The baselines of docs/method.md §8, through the same `RecModel` interface as CoRA.
 
 - `ZeroShotModel`: the frozen LLM and the prompt; nothing trained.
 - `TALLRecModel`: one shared LoRA (A and B learned; r = 8, alpha = 16 on q_proj, v_proj), text only.

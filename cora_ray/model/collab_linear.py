@@ -1,4 +1,4 @@
-"""The collaborative linear layer: a frozen projection plus a per-row rank-r delta (SPEC §2.3).
+"""The collaborative linear layer: a frozen projection plus a per-row rank-r delta (docs/method.md §2.3).
 
 For sample b and a targeted projection with frozen weight W (out × d_model) and learned P (out × r):
 
@@ -6,7 +6,7 @@ For sample b and a targeted projection with frozen weight W (out × d_model) and
 
 which is the sample seeing the merged weight W + (alpha/r)·P·G_bᵀ. The delta is never materialised: the
 batch goes through W as one dense matmul, then through one batched matmul into rank r (bmm with every row's
-own G) and one matmul back out with P (DESIGN §5.1; Punica / S-LoRA with an adapter per row).
+own G) and one matmul back out with P (docs/architecture.md §5.1; Punica / S-LoRA with an adapter per row).
 
 G is not an argument of `forward` (transformers calls `self.q_proj(hidden_states)`), so it travels through
 a `CollabContext` that every layer of one model shares and that the CoRA model sets around the LLM's

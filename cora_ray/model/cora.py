@@ -1,4 +1,4 @@
-"""CoRA: a frozen LLM whose targeted projections see a per-sample collaborative weight delta (SPEC §2).
+"""CoRA: a frozen LLM whose targeted projections see a per-sample collaborative weight delta (docs/method.md §2).
 
     (user_id, item_id, history) ──frozen CF──▶ (e_u, e_i) ──generator──▶ G (B, d_model, r)
                                                                             │  via CollabContext

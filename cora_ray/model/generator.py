@@ -1,4 +1,4 @@
-"""The collaborative weight generator (SPEC §2.2): CF vectors of a (user, item) pair → one G per sample.
+"""The collaborative weight generator (docs/method.md §2.2): CF vectors of a (user, item) pair → one G per sample.
 
     c  = [e_u ; e_i]                                   (B, 2·D)  one memory token (projected to d if 2·D ≠ d)
     q⁰ = LayerNorm(Q) , Q ∈ R^{k × d} learned           (B, k, d) the collaborative queries

@@ -91,7 +91,7 @@ def is_no_decay(name: str, param: torch.Tensor) -> bool:
 
 
 def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """AdamW groups: `weight_decay` on matrices, 0 on biases and norms (SPEC §4)."""
+    """AdamW groups: `weight_decay` on matrices, 0 on biases and norms (docs/method.md §4)."""
     decay, no_decay = [], []
     for name, p in named:
         (no_decay if is_no_decay(name, p) else decay).append(p)
@@ -134,7 +134,7 @@ def optimizer_numel(optimizer: Any) -> int:
 
 def disable_hidden_compiles() -> None:
     """Skip DeepSpeed's shared-memory all-reduce op build (~80 s of C++ compile on the first init, used only for
-    inference all-reduce, and its bf16 kernels need AVX-512) — STACK_NOTES. Call before `deepspeed.initialize`."""
+    inference all-reduce, and its bf16 kernels need AVX-512) — docs/platform_notes.md. Call before `deepspeed.initialize`."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     # `deepspeed.comm.torch` as an attribute resolves to the real torch module: use importlib.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None

@@ -1,6 +1,6 @@
 """Set-up run in every Ray worker process of a local cluster this project starts (runtime_env hook).
 
-A local cluster here runs without the dashboard (STACK_NOTES: start-up time and memory on small machines),
+A local cluster here runs without the dashboard (docs/platform_notes.md: start-up time and memory on small machines),
 so Ray's state API is unavailable. Ray Train V2's PlacementGroupCleaner, a safety actor that removes a
 run's placement group if its controller dies, polls that API about once a second and logs a warning on
 every failed poll — hundreds of identical lines in a training log. Its warnings are raised to ERROR here;

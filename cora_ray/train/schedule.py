@@ -1,4 +1,4 @@
-"""SPEC §4 learning-rate schedule: linear warm-up from `warmup_start_lr` to `lr`, then cosine down to `min_lr`.
+"""docs/method.md §4 learning-rate schedule: linear warm-up from `warmup_start_lr` to `lr`, then cosine down to `min_lr`.
 
     step s = optimizer steps already taken (0 before the first update)
 

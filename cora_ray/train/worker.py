@@ -7,7 +7,7 @@ Each worker:
    restores a checkpoint: the run's own latest (`ray.train.get_checkpoint()`, after a worker failure or
    when a stopped run is continued) or the one named by `--resume`;
 2. wraps the model with `deepspeed.initialize` (ZeRO stage from config, gloo on CPU, nccl on GPU) with a
-   client AdamW over the trainable parameters only and the SPEC §4 warm-up + cosine schedule. Precision: the
+   client AdamW over the trainable parameters only and the docs/method.md §4 warm-up + cosine schedule. Precision: the
    frozen LLM is loaded in `llm.dtype` (bf16 on GPU) and the trainable parts stay fp32 — they are the master
    weights; DeepSpeed's own bf16 mode stays off because it would cast them (deepspeed_config.py);
 3. streams its shard of "train" (`get_dataset_shard("train").iter_torch_batches`), micro-batch by micro-batch
@@ -100,7 +100,7 @@ def _load_cf(cfg: Any, dataset_hash: str) -> Any:
 
 def _register_external_params(model: Any) -> None:
     """ZeRO-3: parameters read outside their own module's forward must be gathered for the model's forward —
-    the LM head row used for the score (read directly, DESIGN §5.2) and the CF tables (read by `embed`)."""
+    the LM head row used for the score (read directly, docs/architecture.md §5.2) and the CF tables (read by `embed`)."""
     import deepspeed
 
     head = model.lm.get_output_embeddings()

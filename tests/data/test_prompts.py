@@ -1,4 +1,4 @@
-"""SPEC §3 prompts: exact text, history selection, token budget, chat template, CoLLM placeholders,
+"""docs/method.md §3 prompts: exact text, history selection, token budget, chat template, CoLLM placeholders,
 left padding, and the Ray Data batch form."""
 
 from __future__ import annotations

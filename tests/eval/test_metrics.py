@@ -1,4 +1,4 @@
-"""SPEC §6 metrics against hand-computed values."""
+"""docs/method.md §6 metrics against hand-computed values."""
 
 from __future__ import annotations
 

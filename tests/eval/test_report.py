@@ -1,4 +1,4 @@
-"""Reports: the SPEC §7 layout with the paper's numbers beside measured ones, and the PNG."""
+"""Reports: the docs/method.md §7 layout with the paper's numbers beside measured ones, and the PNG."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 GPU_CONFIGS = sorted(
     p.name for p in (REPO / "configs").glob("*.yaml") if p.name.startswith(("ml1m_", "book_"))
 )
-PAPER_BATCH = {"ml1m": 8, "book": 4}  # SPEC §4
+PAPER_BATCH = {"ml1m": 8, "book": 4}  # docs/method.md §4
 
 
 def split(**kw) -> tuple[int, int, int, int]:

@@ -1,4 +1,4 @@
-"""SPEC §4 schedule: linear warm-up from warmup_start_lr to lr, then cosine down to min_lr at max_steps."""
+"""docs/method.md §4 schedule: linear warm-up from warmup_start_lr to lr, then cosine down to min_lr at max_steps."""
 
 from __future__ import annotations
 
