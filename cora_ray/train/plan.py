@@ -160,6 +160,24 @@ def llm_matmul_parameters(cfg: ExperimentConfig, base_dir: Path) -> tuple[float 
     return None, "unknown: set llm.num_parameters (matmul weights) for a FLOP estimate"
 
 
+def _device_peak(cfg: ExperimentConfig, mfu: float | None, notes: list[str]) -> tuple[str, float, float]:
+    """(device name, peak FLOP/s, MFU) of the run: a GPU's bf16 peak at the assumed MFU, or the measured CPU rate."""
+    t = cfg.train
+    if not t.use_gpu:
+        return "CPU", CPU_MEASURED_FLOPS, 1.0 if mfu is None else mfu
+    device = t.accelerator_type or DEFAULT_GPU
+    if device not in PEAK_FLOPS:
+        notes.append(f"no peak for accelerator {device}: {DEFAULT_GPU}'s used")
+    flops = PEAK_FLOPS.get(device, PEAK_FLOPS[DEFAULT_GPU])
+    used_mfu = ASSUMED_MFU if mfu is None else mfu
+    if t.micro_batch_size < 8 and mfu is None:
+        notes.append(
+            f"MFU {used_mfu:.0%} assumes micro-batches of ~8 rows; at micro-batch {t.micro_batch_size} "
+            "the GEMMs are small and utilisation lower (docs/deploy.md §8)"
+        )
+    return device, flops, used_mfu
+
+
 def build_plan(
     cfg: ExperimentConfig,
     *,
@@ -195,19 +213,7 @@ def build_plan(
     validation_flop = None if forward is None or validation_rows is None else validation_rows * forward
     total = None if training_flop is None or validation_flop is None else training_flop + validation_flop
 
-    if t.use_gpu:
-        device = t.accelerator_type or DEFAULT_GPU
-        if device not in PEAK_FLOPS:
-            notes.append(f"no peak for accelerator {device}: {DEFAULT_GPU}'s used")
-        flops = PEAK_FLOPS.get(device, PEAK_FLOPS[DEFAULT_GPU])
-        used_mfu = ASSUMED_MFU if mfu is None else mfu
-        if t.micro_batch_size < 8 and mfu is None:
-            notes.append(
-                f"MFU {used_mfu:.0%} assumes micro-batches of ~8 rows; at micro-batch {t.micro_batch_size} "
-                "the GEMMs are small and utilisation lower (docs/deploy.md §8)"
-            )
-    else:
-        device, flops, used_mfu = "CPU", CPU_MEASURED_FLOPS, 1.0 if mfu is None else mfu
+    device, flops, used_mfu = _device_peak(cfg, mfu, notes)
     hours = None if total is None else total / (flops * used_mfu) / 3600
     return RunPlan(
         config=config_path,
