@@ -16,23 +16,28 @@ manifest.json:
     step             optimizer steps done
     trainable        {"file": "trainable.safetensors", "sha256": ..., "tensors": n, "parameters": n,
                       "dtypes": ["float32"]}   training writes fp32 master weights whatever the LLM's dtype
+    hash             sha256 of the manifest's canonical content (cora_ray/manifest.py): it covers
+                     `trainable.sha256`, so it changes with the trainable tensors; checkpoints written
+                     before it existed get it computed on read
+    alias_of         only in a run's `best` alias (cora_ray/train/best_alias.py); not hashed
+
+Reading, the kind / version check, the hash and the atomic write are cora_ray/manifest.py's (`CHECKPOINT`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from cora_ray import storage
-from cora_ray.errors import ArtifactMismatchError, StorageError
+from cora_ray import manifest as manifests
+from cora_ray.errors import ArtifactMismatchError
 
-KIND = "cora_ray.checkpoint"
-VERSION = 1
+KIND = manifests.CHECKPOINT.kind
+VERSION = manifests.CHECKPOINT.version
 TRAINABLE_FILE = "trainable.safetensors"
 
 
@@ -56,9 +61,7 @@ def write_checkpoint_files(
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in trainable.items()}
     blob = st_save(tensors)
     (directory / TRAINABLE_FILE).write_bytes(blob)
-    manifest = {
-        "kind": KIND,
-        "version": VERSION,
+    fields = {
         "method": method,
         "config": config,
         "base_llm": {"identity": base_llm["identity"], "weight_hash": base_llm["weight_hash"]},
@@ -76,20 +79,18 @@ def write_checkpoint_files(
             "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()}),
         },
     }
-    (directory / storage.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    return manifests.write(manifests.CHECKPOINT, directory, fields)
 
 
 def read_checkpoint_manifest(uri: str, endpoint: str | None = None) -> dict:
-    """The checkpoint's manifest; refuses directories that are incomplete or not checkpoints."""
-    manifest = storage.read_manifest(uri, endpoint, kind="checkpoint")
-    if manifest.get("kind") != KIND:
-        raise StorageError(f"{uri}: not a cora_ray checkpoint (manifest kind={manifest.get('kind')!r})")
-    if manifest.get("version") != VERSION:
-        raise StorageError(
-            f"{uri}: checkpoint version {manifest.get('version')} unsupported (expected {VERSION})"
-        )
-    return manifest
+    """The checkpoint's manifest (with its `hash`); refuses directories that are incomplete or not
+    checkpoints, other versions and edited manifests (cora_ray/manifest.py)."""
+    return manifests.read(manifests.CHECKPOINT, uri, endpoint)
+
+
+def checkpoint_hash(manifest: dict) -> str:
+    """The checkpoint's content hash: the recorded `hash`, or computed for a manifest written before it."""
+    return manifest.get("hash") or manifests.content_hash(manifests.CHECKPOINT, manifest)
 
 
 def load_trainable(
@@ -97,14 +98,7 @@ def load_trainable(
 ) -> dict[str, torch.Tensor]:
     """The trainable tensors, checked against the sha256 in the manifest."""
     manifest = manifest or read_checkpoint_manifest(uri, endpoint)
-    blob = storage.read_bytes(storage.join(uri, manifest["trainable"]["file"]), endpoint)
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != manifest["trainable"]["sha256"]:
-        raise StorageError(
-            f"{uri}: {manifest['trainable']['file']} sha256 {digest} does not match the manifest "
-            f"({manifest['trainable']['sha256']}): corrupted or replaced"
-        )
-    return st_load(blob)
+    return st_load(manifests.read_recorded_file(uri, manifest["trainable"], endpoint))
 
 
 def check_compatible(

@@ -10,13 +10,13 @@ manifest.json: kind "cora_ray.cf_artifact", version, backbone, model (the spec t
 (the full CFTrainConfig), dataset {hash, name, uri, users, items}, dataset_hash, metrics {valid, test,
 test_warm, test_cold: AUC/UAUC}, training {best_epoch, epochs, seconds, ...}, selection (grid trials),
 weights {file, sha256, ...} and `hash` = sha256 of the manifest's canonical content: the "CF artifact
-hash" a CoRA checkpoint records. No pickle: safetensors + JSON + parquet.
+hash" a CoRA checkpoint records. Reading, the kind / version check, the hash and the atomic write are
+cora_ray/manifest.py's (`CF_ARTIFACT`). No pickle: safetensors + JSON + parquet.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +26,22 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from cora_ray import manifest as manifests
 from cora_ray import storage
 from cora_ray.cf.base import CFBackbone
 from cora_ray.cf.models import SASRec, build_backbone
 from cora_ray.errors import ArtifactMismatchError, StorageError
 
-KIND = "cora_ray.cf_artifact"
-VERSION = 1
+KIND = manifests.CF_ARTIFACT.kind
+VERSION = manifests.CF_ARTIFACT.version
 WEIGHTS_FILE = "model.safetensors"
 USERS_FILE = "embeddings/users.parquet"
 ITEMS_FILE = "embeddings/items.parquet"
 
 
 def manifest_hash(manifest: dict) -> str:
-    """sha256 of the manifest's canonical JSON without its own `hash` field."""
-    body = {k: v for k, v in manifest.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """sha256 of the manifest's canonical JSON without its own `hash` field (cora_ray/manifest.py)."""
+    return manifests.content_hash(manifests.CF_ARTIFACT, manifest)
 
 
 def _vectors_table(id_name: str, ids: np.ndarray, vectors: np.ndarray, extra: dict | None = None) -> pa.Table:
@@ -111,9 +111,7 @@ def write_cf_artifact_files(
     pq.write_table(users, directory / USERS_FILE)
     pq.write_table(items, directory / ITEMS_FILE)
     spec = model.spec()
-    manifest = {
-        "kind": KIND,
-        "version": VERSION,
+    fields = {
         "backbone": spec["backbone"],
         "dim": spec["dim"],
         "model": spec,
@@ -137,19 +135,12 @@ def write_cf_artifact_files(
         },
         "embeddings": {"users": USERS_FILE, "items": ITEMS_FILE},
     }
-    manifest["hash"] = manifest_hash(manifest)
-    (directory / storage.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    return manifests.write(manifests.CF_ARTIFACT, directory, fields)
 
 
-def rewrite_manifest(directory: str | Path, **updates) -> dict:
+def rewrite_manifest(directory: str | Path, **updates: object) -> dict:
     """Update fields of a staged (local) artifact's manifest and recompute its hash."""
-    path = Path(directory) / storage.MANIFEST
-    manifest = json.loads(path.read_text())
-    manifest.update(updates)
-    manifest["hash"] = manifest_hash(manifest)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    return manifests.rewrite(manifests.CF_ARTIFACT, directory, **updates)
 
 
 def save_cf_artifact(
@@ -162,18 +153,7 @@ def save_cf_artifact(
 
 def read_cf_manifest(uri: str, endpoint: str | None = None) -> dict:
     """The artifact's manifest; refuses incomplete directories, other kinds and edited manifests."""
-    manifest = storage.read_manifest(uri, endpoint, kind="CF artifact")
-    if manifest.get("kind") != KIND:
-        raise StorageError(
-            f"{uri}: not a CF artifact (manifest kind={manifest.get('kind')!r}, expected {KIND!r})"
-        )
-    if manifest.get("version") != VERSION:
-        raise StorageError(
-            f"{uri}: CF artifact version {manifest.get('version')} unsupported (expected {VERSION})"
-        )
-    if manifest.get("hash") != manifest_hash(manifest):
-        raise StorageError(f"{uri}: manifest.json hash does not match its content (edited or corrupted)")
-    return manifest
+    return manifests.read(manifests.CF_ARTIFACT, uri, endpoint)
 
 
 def check_dataset(manifest: dict, expected_dataset_hash: str | None, uri: str) -> None:
@@ -194,18 +174,12 @@ def load_cf_artifact(
 ) -> CFBackbone:
     """Rebuild the backbone of a CF artifact (in eval mode). With `expected_dataset_hash`, refuse an
     artifact made for other data (ArtifactMismatchError naming both hashes). The weights are checked
-    against the sha256 in the manifest. The loaded model carries `manifest` (the artifact's manifest) and
-    `artifact_hash` (its `hash`: what CoRA checkpoints record as the CF artifact hash)."""
+    against the sha256 in the manifest. The loaded model's `manifest` field (CFBackbone, cora_ray/cf/base.py)
+    holds the artifact's manifest; its `artifact_hash` is what CoRA checkpoints record as the CF artifact
+    hash."""
     manifest = read_cf_manifest(uri, endpoint)
     check_dataset(manifest, expected_dataset_hash, uri)
-    blob = storage.read_bytes(storage.join(uri, manifest["weights"]["file"]), endpoint)
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != manifest["weights"]["sha256"]:
-        raise StorageError(
-            f"{uri}: {manifest['weights']['file']} sha256 {digest} does not match the manifest "
-            f"({manifest['weights']['sha256']}): corrupted or replaced"
-        )
+    blob = manifests.read_recorded_file(uri, manifest["weights"], endpoint)
     model = build_backbone(manifest["model"], st_load(blob))
     model.manifest = manifest
-    model.artifact_hash = manifest["hash"]
     return model.to(device).eval()

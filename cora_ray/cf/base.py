@@ -15,6 +15,17 @@ class CFBackbone(nn.Module):
     name: str = "base"
     dim: int
 
+    def __init__(self) -> None:
+        super().__init__()
+        # The CF artifact's manifest when the backbone was loaded from one (cora_ray/cf/artifact.py
+        # load_cf_artifact sets it); None for a backbone built in memory (pretraining, tests).
+        self.manifest: dict | None = None
+
+    @property
+    def artifact_hash(self) -> str | None:
+        """The loaded artifact's content hash (what checkpoints record as `cf_artifact.hash`), or None."""
+        return None if self.manifest is None else self.manifest["hash"]
+
     def user_vectors(self, user_ids: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) user ids [+ (B, H) left-padded positive history, oldest first] → (B, D).
 

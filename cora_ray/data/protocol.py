@@ -9,23 +9,23 @@
 Ids are 1..n (0 = padding). `history` holds the user's last ≤ `history_len` positive items strictly before
 the row's time (earlier splits count), oldest first. `warm` is true when both the user and the item occur
 in the train split. The manifest is written last; `hash` is the sha256 of its canonical content and is what
-CF artifacts and checkpoints record to refuse being used with other data.
+CF artifacts and checkpoints record to refuse being used with other data. Reading, the protocol / version
+check, the hash and the atomic write are cora_ray/manifest.py's (`DATASET`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cora_ray import manifest as manifests
 from cora_ray import storage
 from cora_ray.errors import DataError, StorageError
 
-PROTOCOL = "cora-ctr"
-PROTOCOL_VERSION = 1
+PROTOCOL = manifests.DATASET.kind
+PROTOCOL_VERSION = manifests.DATASET.version
 SPLITS = ("train", "valid", "valid_small", "test")
 DERIVED_SPLITS = ("test_warm", "test_cold")  # filters of test on the `warm` column
 HISTORY_LEN = 25  # stored history length (prompts use the last 10, SASRec up to 25)
@@ -46,9 +46,8 @@ USER_SCHEMA = pa.schema([("user_id", pa.int32()), ("raw_id", pa.string())])
 
 
 def manifest_hash(manifest: dict) -> str:
-    """sha256 over the manifest's canonical JSON, without its own `hash` field."""
-    body = {k: v for k, v in manifest.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """sha256 over the manifest's canonical JSON, without its own `hash` field (cora_ray/manifest.py)."""
+    return manifests.content_hash(manifests.DATASET, manifest)
 
 
 def split_dir(uri: str, split: str) -> str:
@@ -100,42 +99,31 @@ def write_dataset(
     tables = {name: _check_schema(splits[name], INTERACTION_SCHEMA, f"split '{name}'") for name in SPLITS}
     items = _check_schema(items, ITEM_SCHEMA, "items")
     users = _check_schema(users, USER_SCHEMA, "users")
-    manifest = {
-        "protocol": PROTOCOL,
-        "version": PROTOCOL_VERSION,
-        "dataset": dataset,
-        "history_len": HISTORY_LEN,
-        "counts": {name: tables[name].num_rows for name in SPLITS},
-        "positive_rates": {name: positive_rate(tables[name]) for name in SPLITS},
-        "users": users.num_rows,
-        "items": items.num_rows,
-        "sources": dict(sources or {}),
-        **(extra or {}),
-    }
-    manifest["hash"] = manifest_hash(manifest)
+    manifest = manifests.stamp(
+        manifests.DATASET,
+        {
+            "dataset": dataset,
+            "history_len": HISTORY_LEN,
+            "counts": {name: tables[name].num_rows for name in SPLITS},
+            "positive_rates": {name: positive_rate(tables[name]) for name in SPLITS},
+            "users": users.num_rows,
+            "items": items.num_rows,
+            "sources": dict(sources or {}),
+            **(extra or {}),
+        },
+    )
     with storage.atomic_dir(out_uri, endpoint=endpoint, overwrite=overwrite) as tmp:
         for name in SPLITS:
             write_split_parts(tables[name], tmp / "interactions" / name)
         pq.write_table(items, tmp / "items.parquet")
         pq.write_table(users, tmp / "users.parquet")
-        (tmp / storage.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        manifests.write(manifests.DATASET, tmp, manifest)
     return manifest
 
 
 def read_manifest(uri: str, endpoint: str | None = None) -> dict:
-    """The dataset manifest; refuses incomplete directories and other protocols."""
-    manifest = storage.read_manifest(uri, endpoint, kind="dataset")
-    if manifest.get("protocol") != PROTOCOL:
-        raise StorageError(
-            f"{uri}: not a {PROTOCOL} dataset (manifest protocol={manifest.get('protocol')!r})"
-        )
-    if manifest.get("version") != PROTOCOL_VERSION:
-        raise StorageError(
-            f"{uri}: dataset protocol version {manifest.get('version')} is not supported (expected {PROTOCOL_VERSION})"
-        )
-    if manifest.get("hash") != manifest_hash(manifest):
-        raise StorageError(f"{uri}: manifest.json hash does not match its content (edited or corrupted)")
-    return manifest
+    """The dataset manifest; refuses incomplete directories, other protocols and edited manifests."""
+    return manifests.read(manifests.DATASET, uri, endpoint)
 
 
 def _read_parquet(uri: str, endpoint: str | None, columns: list[str] | None = None) -> pa.Table:

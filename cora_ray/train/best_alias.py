@@ -6,7 +6,9 @@ ends. Training therefore publishes a copy of the best checkpoint (by validation 
 
     <run>/best/trainable.safetensors     the best checkpoint's trainable tensors (sha256 checked on copy)
     <run>/best/train_state.json          its step, best AUC and patience counter (when present)
-    <run>/best/manifest.json             its manifest plus `alias_of` (the checkpoint copied), written last
+    <run>/best/manifest.json             its manifest plus `alias_of` (the checkpoint copied), written last;
+                                         `alias_of` is outside the content hash (cora_ray/manifest.py), so the
+                                         alias has the hash of the checkpoint it copies
 
 The optimizer state is not copied: the alias is for scoring and serving; `--resume <run>/best` starts a new
 run from its weights with fresh Adam moments.
@@ -23,16 +25,15 @@ end of the run `publish_final` makes the alias equal to the best checkpoint of t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from typing import Any
 
 from ray.train import UserCallback
 
+from cora_ray import manifest as manifests
 from cora_ray import storage
 from cora_ray.checkpoint import read_checkpoint_manifest
-from cora_ray.errors import CoraError, StorageError
+from cora_ray.errors import CoraError
 from cora_ray.train.state import TRAIN_STATE_FILE
 
 BEST_DIR = "best"
@@ -56,13 +57,7 @@ def publish_best(checkpoint_uri: str, run_uri: str, endpoint: str | None = None)
     alias URI. A trainable file whose sha256 differs from its manifest is refused (StorageError)."""
     manifest = read_checkpoint_manifest(checkpoint_uri, endpoint)
     trainable = manifest["trainable"]["file"]
-    blob = storage.read_bytes(storage.join(checkpoint_uri, trainable), endpoint)
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != manifest["trainable"]["sha256"]:
-        raise StorageError(
-            f"{checkpoint_uri}: {trainable} sha256 {digest} does not match its manifest "
-            f"({manifest['trainable']['sha256']}); not publishing it as the best alias"
-        )
+    blob = manifests.read_recorded_file(checkpoint_uri, manifest["trainable"], endpoint)
     state_uri = storage.join(checkpoint_uri, TRAIN_STATE_FILE)
     state = storage.read_bytes(state_uri, endpoint) if storage.exists(state_uri, endpoint) else None
     alias = best_alias_uri(run_uri)
@@ -70,8 +65,7 @@ def publish_best(checkpoint_uri: str, run_uri: str, endpoint: str | None = None)
         (tmp / trainable).write_bytes(blob)
         if state is not None:
             (tmp / TRAIN_STATE_FILE).write_bytes(state)
-        aliased = {**manifest, "alias_of": checkpoint_uri}
-        (tmp / storage.MANIFEST).write_text(json.dumps(aliased, indent=2, sort_keys=True) + "\n")
+        manifests.write(manifests.CHECKPOINT, tmp, {**manifest, "alias_of": checkpoint_uri})
     return alias
 
 

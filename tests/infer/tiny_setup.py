@@ -12,13 +12,13 @@ cora_ray.checkpoint.write_checkpoint_files — no Ray Train run.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.compute as pc
 import torch
 
+from cora_ray import manifest as manifests
 from cora_ray import storage
 from cora_ray.cf.artifact import load_cf_artifact, save_cf_artifact
 from cora_ray.cf.models import MF
@@ -103,10 +103,8 @@ def write_tiny_checkpoint(
             metrics={"valid_auc": valid_auc, "valid_uauc": 0.5},
             step=10,
         )
-        if manifest_edits:
-            edited = copy.deepcopy(manifest)
-            edited.update(manifest_edits)
-            (tmp / storage.MANIFEST).write_text(json.dumps(edited, indent=2, sort_keys=True) + "\n")
+        if manifest_edits:  # re-stamped: a consistent manifest of a checkpoint made with other inputs
+            manifests.write(manifests.CHECKPOINT, tmp, {**copy.deepcopy(manifest), **manifest_edits})
     return uri
 
 
