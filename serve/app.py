@@ -351,7 +351,11 @@ class CoRAScorer:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_rows_of)
     async def _batched(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
         # the forward passes run off the event loop so health checks and new requests are not blocked
-        results = await asyncio.to_thread(self.engine.score_jobs, jobs)
+        self.admission.batch_begin(_rows_of(jobs))
+        try:
+            results = await asyncio.to_thread(self.engine.score_jobs, jobs)
+        finally:
+            self.admission.batch_end()
         self._metrics.export(self.engine, self.admission)
         return results
 
@@ -360,6 +364,8 @@ class CoRAScorer:
         return {"queued_rows": float(self.admission.queued_rows)}
 
     def describe(self) -> dict:
+        import torch
+
         ctx = serve.get_replica_context()
         memory, memory_what = device_memory_bytes(self.engine.adapter.scorer)
         return {
@@ -369,6 +375,7 @@ class CoRAScorer:
             "reload_error": self._reload_error,
             "serving": {
                 **self.admission.snapshot(),
+                "torch_threads": torch.get_num_threads(),
                 "device_memory_bytes": memory,
                 "device_memory": memory_what,
             },

@@ -123,7 +123,10 @@ class RowAdmission:
     `admit(n)` raises Overloaded when n more rows would pass the bound (a request larger than the bound is
     refused even on an idle replica: the ingress's max_items keeps such requests out). `release(n)` when the
     request is answered or failed. `observe(rows, seconds)` records a forward chunk: the rate used for
-    Retry-After is rows over busy seconds, an exponential average (half weight on the last ~10 chunks)."""
+    Retry-After is rows over busy seconds, an exponential average (half weight on the last ~10 chunks).
+    `batch_begin(rows)` / `batch_end()` bracket a batch: rows are released when a batch answers, so
+    Retry-After is at least the time the running batch still needs, and `batch_busy_s` is the wall time
+    spent in batches (utilisation = its growth over elapsed time)."""
 
     def __init__(self, max_rows: int) -> None:
         if max_rows <= 0:
@@ -138,6 +141,8 @@ class RowAdmission:
         self.latency = LatencyHistogram()
         self.rows_observed = 0
         self.busy_s = 0.0
+        self.batch_busy_s = 0.0
+        self._batch: tuple[float, int] | None = None  # (monotonic start, rows) of the running batch
         self.started = time.monotonic()
 
     def admit(self, rows: int) -> None:
@@ -164,6 +169,16 @@ class RowAdmission:
         with self._lock:
             self.max_rows = int(max_rows)
 
+    def batch_begin(self, rows: int) -> None:
+        with self._lock:
+            self._batch = (time.monotonic(), rows)
+
+    def batch_end(self) -> None:
+        with self._lock:
+            if self._batch is not None:
+                self.batch_busy_s += time.monotonic() - self._batch[0]
+            self._batch = None
+
     def observe(self, rows: int, seconds: float) -> None:
         """One forward chunk of `rows` rows took `seconds`."""
         with self._lock:
@@ -180,9 +195,16 @@ class RowAdmission:
         return self._rate
 
     def _retry_after(self, excess_rows: int) -> int:
-        # how long until the queue has drained enough for the request at the measured rate, at least 1 s
+        # How long until there is room for the request at the measured rate: the excess rows drained, and
+        # no earlier than the end of the running batch (its rows are released together); at least 1 s.
         rate = self._rate
-        return max(1, math.ceil(excess_rows / rate)) if rate else 1
+        if not rate:
+            return 1
+        wait = excess_rows / rate
+        if self._batch is not None:
+            start, rows = self._batch
+            wait = max(wait, rows / rate - (time.monotonic() - start))
+        return max(1, math.ceil(wait))
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -193,5 +215,8 @@ class RowAdmission:
                 "refused_rows": self.refused_rows,
                 "refused_requests": self.refused_requests,
                 "rows_per_s": round(self._rate, 4) if self._rate else None,
+                "forward_busy_s": round(self.busy_s, 3),
+                "batch_busy_s": round(self.batch_busy_s, 3),
+                "uptime_s": round(time.monotonic() - self.started, 3),
                 "forward_latency": self.latency.to_dict(),
             }

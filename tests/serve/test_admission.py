@@ -34,6 +34,24 @@ def test_admission_is_bounded_in_rows_and_refuses_with_a_retry_after():
     assert snap["rows_per_s"] == pytest.approx(2.0) and snap["forward_latency"]["count"] == 1
 
 
+def test_retry_after_waits_for_the_running_batch_to_release_its_rows():
+    import time
+
+    a = RowAdmission(10)
+    a.observe(rows=2, seconds=1.0)  # 2 rows/s
+    a.batch_begin(10)  # a 10-row batch: ~5 s, its rows released together at the end
+    a.admit(10)
+    with pytest.raises(Overloaded) as exc:
+        a.admit(1)  # 1 row over the bound: 0.5 s of drain, but room comes when the batch ends
+    assert exc.value.retry_after_s in (4, 5)
+    time.sleep(0.01)
+    a.batch_end()
+    assert a.snapshot()["batch_busy_s"] > 0
+    with pytest.raises(Overloaded) as exc:
+        a.admit(1)  # no batch running: the drain estimate alone
+    assert exc.value.retry_after_s == 1
+
+
 def test_a_request_larger_than_the_bound_is_refused_even_when_idle():
     with pytest.raises(Overloaded):
         RowAdmission(3).admit(4)
