@@ -14,6 +14,10 @@ class CFBackbone(nn.Module):
 
     name: str = "base"
     dim: int
+    """D, the width of the user and item vectors (what CoRA's generator and CoLLM's projector take in)."""
+    uses_history: bool = False
+    """The user vector encodes the user's positive history (so it needs `history`, and anything cached per
+    user vector — serving's G cache — must be keyed by the history too). Asked instead of the backbone name."""
 
     def __init__(self) -> None:
         super().__init__()

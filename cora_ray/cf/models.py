@@ -7,13 +7,18 @@ hyper-parameters that rebuild it (`spec()`), so an artifact is `spec` + safetens
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cora_ray.cf.base import CFBackbone
-from cora_ray.errors import ModelError
+from cora_ray.errors import DataError, ModelError
+
+if TYPE_CHECKING:
+    from cora_ray.cf.config import CFModelConfig
+    from cora_ray.cf.data import CFData
 
 
 class _Base(CFBackbone):
@@ -32,6 +37,17 @@ class _Base(CFBackbone):
                 f"{self.name}: known_users must have shape ({num_users + 1},), got {tuple(known_users.shape)}"
             )
         self.register_buffer("known_users", known_users.to(torch.bool).clone())
+
+    @classmethod
+    def for_data(cls, cfg: CFModelConfig, data: CFData) -> _Base:
+        """A freshly initialised backbone of this kind, sized for `data` (cf.train's `make_backbone`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: dict, state: dict[str, torch.Tensor] | None) -> _Base:
+        """The backbone a `spec()` (less its "backbone" key) describes; weights are loaded by the caller."""
+        known = state.get("known_users") if state is not None else None
+        return cls(known_users=known, **spec)
 
     def knows_user(self, user_ids: torch.Tensor) -> torch.Tensor:
         ids = user_ids.to(self.known_users.device).long()
@@ -75,6 +91,10 @@ class MF(_Base):
             nn.init.normal_(emb.weight, std=init_std)
             with torch.no_grad():
                 emb.weight[0].zero_()
+
+    @classmethod
+    def for_data(cls, cfg: CFModelConfig, data: CFData) -> MF:
+        return cls(data.num_users, data.num_items, cfg.dim, cfg.init_std, data.known_users())
 
     def spec(self) -> dict:
         return {**super().spec(), "init_std": self.init_std}
@@ -127,6 +147,30 @@ class LightGCN(_Base):
         self._adj_key: tuple | None = None
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._tables_key: tuple | None = None
+
+    @classmethod
+    def for_data(cls, cfg: CFModelConfig, data: CFData) -> LightGCN:
+        eu, ei = data.train_edges(cfg.graph)
+        if eu.numel() == 0:
+            raise DataError(
+                f"lightgcn: the train split has no {cfg.graph} interactions to build the graph from"
+            )
+        return cls(
+            data.num_users, data.num_items, eu, ei, cfg.dim, cfg.num_layers, cfg.init_std, data.known_users()
+        )
+
+    @classmethod
+    def from_spec(cls, spec: dict, state: dict[str, torch.Tensor] | None) -> LightGCN:
+        if state is None or "edge_users" not in state:
+            raise ModelError(
+                "lightgcn: building from a spec needs the state dict holding the graph (edge_users, edge_items)"
+            )
+        return cls(
+            edge_users=state["edge_users"],
+            edge_items=state["edge_items"],
+            known_users=state.get("known_users"),
+            **spec,
+        )
 
     def spec(self) -> dict:
         return {
@@ -240,6 +284,7 @@ class SASRec(_Base):
     that encodes the sequence (shared). The user id is not used (any user with a history can be scored)."""
 
     name = "sasrec"
+    uses_history = True
 
     def __init__(
         self,
@@ -267,6 +312,20 @@ class SASRec(_Base):
         self.emb_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(_Block(dim, num_heads, dropout) for _ in range(num_blocks))
         self.last_norm = nn.LayerNorm(dim, eps=1e-8)
+
+    @classmethod
+    def for_data(cls, cfg: CFModelConfig, data: CFData) -> SASRec:
+        return cls(
+            data.num_users,
+            data.num_items,
+            cfg.dim,
+            cfg.max_history,
+            cfg.num_blocks,
+            cfg.num_heads,
+            cfg.dropout,
+            cfg.init_std,
+            data.known_users(),
+        )
 
     def spec(self) -> dict:
         return {
@@ -319,27 +378,24 @@ class SASRec(_Base):
         return self.item_emb(item_ids.long())
 
 
-BACKBONE_CLASSES: dict[str, type[_Base]] = {"mf": MF, "lightgcn": LightGCN, "sasrec": SASRec}
+BACKBONE_CLASSES: dict[str, type[_Base]] = {cls.name: cls for cls in (MF, LightGCN, SASRec)}
+
+
+def backbone_class(name: str) -> type[_Base]:
+    """A backbone's name (`cf.model.backbone`, an artifact's spec) → its class, whose class attributes
+    (`uses_history`) answer questions about it without building it."""
+    if name not in BACKBONE_CLASSES:
+        raise ModelError(f"unknown CF backbone {name!r}; expected one of {sorted(BACKBONE_CLASSES)}")
+    return BACKBONE_CLASSES[name]
 
 
 def build_backbone(spec: dict, state: dict[str, torch.Tensor] | None = None) -> CFBackbone:
     """A backbone from its `spec()` (and, to restore it, its state dict: LightGCN takes its graph from it)."""
     spec = dict(spec)
     name = spec.pop("backbone", None)
-    if name not in BACKBONE_CLASSES:
-        raise ModelError(f"unknown CF backbone {name!r}; expected one of {sorted(BACKBONE_CLASSES)}")
+    cls = backbone_class(name)
     spec.pop("edges", None)
-    known = state.get("known_users") if state is not None else None
-    if name == "lightgcn":
-        if state is None or "edge_users" not in state:
-            raise ModelError(
-                "lightgcn: building from a spec needs the state dict holding the graph (edge_users, edge_items)"
-            )
-        model = LightGCN(
-            edge_users=state["edge_users"], edge_items=state["edge_items"], known_users=known, **spec
-        )
-    else:
-        model = BACKBONE_CLASSES[name](known_users=known, **spec)
+    model = cls.from_spec(spec, state)
     if state is not None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -32,9 +32,8 @@ def stage_run(
     splits = tuple(dict.fromkeys(("train", cfg.train.eval_split, "valid", "test")))
     data = load_cf_data(data_uri, splits, history_len=cfg.model.max_history, endpoint=endpoint)
     result = train_cf(cfg, data, report=report, log=log, device=device, tag=tag)
-    user_history = (
-        data.last_train_positives(cfg.model.max_history) if cfg.model.backbone == "sasrec" else None
-    )
+    uses_history = result.model.uses_history  # the user vector encodes the history (SASRec)
+    user_history = data.last_train_positives(cfg.model.max_history) if uses_history else None
     return write_cf_artifact_files(
         staging_dir,
         result.model,
@@ -51,9 +50,7 @@ def stage_run(
             "weight_decay": cfg.train.weight_decay,
             "history": result.history,
             "user_vectors": (
-                "encoding of each user's last positive train items"
-                if cfg.model.backbone == "sasrec"
-                else "table"
+                "encoding of each user's last positive train items" if uses_history else "table"
             ),
         },
         user_history=user_history,

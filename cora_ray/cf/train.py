@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from cora_ray.cf.base import CFBackbone
 from cora_ray.cf.config import CFModelConfig, CFTrainConfig
 from cora_ray.cf.data import CFData, CFSplit
-from cora_ray.cf.models import MF, LightGCN, SASRec
+from cora_ray.cf.models import backbone_class
 from cora_ray.errors import DataError, TrainingError
 from cora_ray.eval import metrics as M
 
@@ -40,29 +40,7 @@ class TrainResult:
 
 def make_backbone(cfg: CFModelConfig, data: CFData) -> CFBackbone:
     """A freshly initialised backbone sized for `data` (LightGCN gets its graph from the train split)."""
-    known = data.known_users()
-    if cfg.backbone == "mf":
-        return MF(data.num_users, data.num_items, cfg.dim, cfg.init_std, known)
-    if cfg.backbone == "lightgcn":
-        eu, ei = data.train_edges(cfg.graph)
-        if eu.numel() == 0:
-            raise DataError(
-                f"lightgcn: the train split has no {cfg.graph} interactions to build the graph from"
-            )
-        return LightGCN(data.num_users, data.num_items, eu, ei, cfg.dim, cfg.num_layers, cfg.init_std, known)
-    if cfg.backbone == "sasrec":
-        return SASRec(
-            data.num_users,
-            data.num_items,
-            cfg.dim,
-            cfg.max_history,
-            cfg.num_blocks,
-            cfg.num_heads,
-            cfg.dropout,
-            cfg.init_std,
-            known,
-        )
-    raise TrainingError(f"unknown CF backbone {cfg.backbone!r}; expected mf, lightgcn or sasrec")
+    return backbone_class(cfg.backbone).for_data(cfg, data)
 
 
 @torch.no_grad()

@@ -313,8 +313,8 @@ class Scorer:
 
     @property
     def uses_collab_weights(self) -> bool:
-        """True when the model takes per-row collaborative weights G (CoRA)."""
-        return hasattr(self.model, "compute_G")
+        """True when the model takes per-row collaborative weights G (CoRA): the model's own declaration."""
+        return bool(self.model.uses_collab_weights)
 
     @property
     def g_shape(self) -> tuple[int, int] | None:
@@ -517,8 +517,9 @@ class Scorer:
 def _encoder(llm: Any, cfg: ExperimentConfig, titles: Sequence[str], model: Any) -> Any:
     from cora_ray.data.prompts import PromptEncoder
 
-    placeholders = bool(getattr(model, "needs_placeholders", False))
-    return PromptEncoder(llm.tokenizer, cfg.prompt, list(titles), collab_placeholders=placeholders)
+    return PromptEncoder(
+        llm.tokenizer, cfg.prompt, list(titles), collab_placeholders=model.needs_placeholders
+    )
 
 
 def _build(cfg: ExperimentConfig, llm: Any, cf: Any, device: torch.device) -> Any:

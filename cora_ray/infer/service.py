@@ -366,8 +366,17 @@ class ScorerAdapter:
 
     @property
     def user_vector_uses_history(self) -> bool:
-        """SASRec's user vector encodes the history, so its G is keyed by the history too."""
-        return (self.backbone or "").lower() == "sasrec"
+        """The CF backbone's user vector encodes the history (SASRec), so its G is keyed by the history too.
+        Asked of the loaded backbone, else of the class the manifest names."""
+        cf = getattr(self.scorer, "cf", None)
+        if cf is not None and hasattr(cf, "uses_history"):
+            return bool(cf.uses_history)
+        if not self.backbone:
+            return False
+        # imported here: cora_ray.cf.models imports torch, which serving's request path otherwise does not need
+        from cora_ray.cf.models import backbone_class
+
+        return backbone_class(self.backbone.lower()).uses_history
 
     # -- calls -----------------------------------------------------------------------------------------
 

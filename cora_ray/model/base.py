@@ -87,6 +87,19 @@ class RecModel(nn.Module):
 
     method: str = "base"
 
+    # --- capabilities: what the data pipeline, trainer, scorer and serving ask of a method ---------------
+    # Class attributes, so that `model_class(method)` (cora_ray.model.build) answers them before any model
+    # exists (the driver plans a run without loading the LLM). Nothing outside cora_ray/model/build.py and
+    # cora_ray/config.py compares a method name to decide behaviour: it asks these instead.
+    needs_cf: bool = False
+    """Batches carry user_id, item_id and history for the frozen CF backbone (model.cf_artifact required)."""
+    needs_placeholders: bool = False
+    """Prompts carry user/item placeholder tokens and batches their positions user_pos, item_pos (CoLLM)."""
+    uses_collab_weights: bool = False
+    """The model takes per-row collaborative weights G (B, d_model, r): `compute_G`, `forward(batch, G=...)`."""
+    trainable: bool = True
+    """The method has parameters to train (False: zero-shot, evaluated as it is)."""
+
     def __init__(self, llm: LoadedLLM) -> None:
         super().__init__()
         self.loaded_llm = llm
@@ -95,16 +108,10 @@ class RecModel(nn.Module):
         self.negative_token_id = None if llm.negative_token_id is None else int(llm.negative_token_id)
         self.d_model = int(llm.hidden_size)
 
-    # --- what the data pipeline must provide ------------------------------------------------------------
     @property
-    def needs_cf(self) -> bool:
-        """True when batches must carry user_id, item_id (and history) for the CF backbone."""
-        return False
-
-    @property
-    def needs_placeholders(self) -> bool:
-        """True when prompts carry user/item placeholder tokens and batches their positions."""
-        return False
+    def answer_tokens(self) -> tuple[int, int | None]:
+        """(answer token id, negative token id or None): the score is logit[yes] (− logit[no])."""
+        return self.answer_token_id, self.negative_token_id
 
     # --- scoring -------------------------------------------------------------------------------------------
     def score_hidden(self, h: torch.Tensor) -> torch.Tensor:
@@ -114,9 +121,12 @@ class RecModel(nn.Module):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Mean binary cross-entropy with logits of the scores against batch["label"] (0/1)."""
-        logits = self(batch)  # (B,)
+    def loss(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean binary cross-entropy with logits of the scores against batch["label"] (0/1): the one loss.
+
+        `logits`: this batch's (B,) scores when the caller already computed them — the training recipe runs
+        the forward through the DeepSpeed engine (ZeRO-3's parameter hooks, its loss scaling and timers)."""
+        logits = self(batch) if logits is None else logits  # (B,)
         return F.binary_cross_entropy_with_logits(logits.float(), batch["label"].to(logits.device).float())
 
     def train(self, mode: bool = True) -> RecModel:

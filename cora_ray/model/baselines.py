@@ -28,6 +28,7 @@ class ZeroShotModel(RecModel):
     """In-context zero-shot: score = the frozen LLM's "Yes" logit for the prompt."""
 
     method = "zero_shot"
+    trainable = False
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         h = last_hidden_state(self.lm, batch["attention_mask"], input_ids=batch["input_ids"])  # (B, d)
@@ -63,6 +64,8 @@ class CoLLMModel(RecModel):
     """
 
     method = "collm"
+    needs_cf = True
+    needs_placeholders = True
 
     def __init__(self, llm: LoadedLLM, cf: CFBackbone, cfg: ModelConfig) -> None:
         super().__init__(llm)
@@ -75,14 +78,6 @@ class CoLLMModel(RecModel):
         self.projector = nn.Sequential(
             nn.Linear(cf.dim, cfg.collm_hidden), nn.ReLU(), nn.Linear(cfg.collm_hidden, self.d_model)
         ).to(device)
-
-    @property
-    def needs_cf(self) -> bool:
-        return True
-
-    @property
-    def needs_placeholders(self) -> bool:
-        return True
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():

@@ -20,10 +20,11 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cora_ray.errors import ModelError
-from cora_ray.model.dropout import SparseMaskDropout
+from cora_ray.model.dropout import SparseMaskDropout, bernoulli_positions
 from cora_ray.model.targets import replace_targets
 
 
@@ -96,10 +97,9 @@ class CollabLinear(nn.Module):
         return self.base_layer.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)  # (B, ..., out): one dense matmul for the whole batch
         G = self.context.G
         if G is None:
-            return y
+            return self.base_layer(x)
         B, d = x.shape[0], x.shape[-1]
         if G.shape != (B, d, self.rank):
             raise ModelError(
@@ -107,13 +107,25 @@ class CollabLinear(nn.Module):
                 f"expected ({B}, {d}, {self.rank})"
             )
         x3 = x.reshape(B, -1, d)  # (B, T, d): a 2-D input is T = 1
-        u = torch.bmm(self.dropout(x3), G.to(x.dtype))  # (B, T, r): each row through its own G
+        G, P = G.to(x.dtype), self.P.to(x.dtype)  # no-ops when the dtypes already agree
+        drop = isinstance(self.dropout, SparseMaskDropout) and self.dropout.training and self.dropout.p > 0
+        base = self.base_layer
+        if x.is_cuda or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+            return self._forward_unfused(x, x3, G, P)  # F.dropout on CUDA; a trainable base needs its grads
+        dropped = bernoulli_positions(x3.numel(), self.dropout.p, x.device) if drop else None
+        keep_scale = 1.0 / (1.0 - self.dropout.p) if drop else 1.0
+        y = _CollabLinearFn.apply(x3, base.weight, base.bias, G, P, self.scaling * keep_scale, dropped)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def _forward_unfused(
+        self, x: torch.Tensor, x3: torch.Tensor, G: torch.Tensor, P: torch.Tensor
+    ) -> torch.Tensor:
+        """The same function from autograd's own ops: dropout on a copy of x, bmm, addmm (CUDA, trainable W)."""
+        y = self.base_layer(x)  # (B, ..., out): one dense matmul for the whole batch
+        u = torch.bmm(self.dropout(x3), G)  # (B, T, r): each row through its own G
         # y += scaling · u Pᵀ as one fused matmul-add over all B·T positions
         out = torch.addmm(
-            y.reshape(-1, self.out_features),
-            u.reshape(-1, self.rank),
-            self.P.to(x.dtype).t(),
-            alpha=self.scaling,
+            y.reshape(-1, self.out_features), u.reshape(-1, self.rank), P.t(), alpha=self.scaling
         )
         return out.view_as(y)
 
@@ -123,6 +135,74 @@ class CollabLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling:g}"
+
+
+def _drop_coords(dropped: torch.Tensor, B: int, T: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices into x (B, T, d) → (row index into the (B·T) positions, row index into G as (B·d, r))."""
+    position = torch.div(dropped, d, rounding_mode="floor")  # b·T + t
+    g_row = torch.div(position, T, rounding_mode="floor") * d + dropped % d  # b·d + j
+    return position, g_row
+
+
+class _CollabLinearFn(torch.autograd.Function):
+    """y = x Wᵀ + bias + s · (dropout-masked x ⊙ G) Pᵀ for a frozen W, with hand-written backward.
+
+    Same function and gradients as `base_layer(x) + s·(dropout(x) @ G) @ Pᵀ` (docs/architecture.md §5.1), with
+    less memory traffic on CPU, where one pass over the (B, T, d) activation costs about as much as the
+    rank-r products themselves:
+    - dropout never copies x: with `dropped` the K ≈ p·B·T·d flat positions of x that the mask zeroes,
+      (mask ⊙ x) G = x G − Σ_dropped x[b,t,j] G[b,j,:], a K × r correction gathered and index-added into
+      the (B·T, r) product; the same correction in backward for ∂G and ∂x. `s` includes 1 / (1 − p).
+    - the rank-r output is added into y in place (addmm_), and ∂x is accumulated in place into
+      ∂y·W (baddbmm_) instead of autograd summing two (B, T, d) gradients;
+    - the frozen W and bias get no gradient (callers fall back to autograd when they require one).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, G, P, scale, dropped):  # noqa: D102 - see the class docstring
+        B, T, d = x.shape
+        r, out_features = G.shape[-1], weight.shape[0]
+        x = x.contiguous()
+        y = F.linear(x, weight, bias).view(B * T, out_features)  # (B·T, out)
+        u = torch.bmm(x, G).view(B * T, r)  # (B·T, r)
+        if dropped is not None and dropped.numel():
+            position, g_row = _drop_coords(dropped, B, T, d)
+            x_dropped = x.reshape(-1).index_select(0, dropped)  # (K,)
+            u.index_add_(
+                0, position, G.reshape(B * d, r).index_select(0, g_row) * x_dropped[:, None], alpha=-1
+            )
+        else:
+            dropped = None
+        y.addmm_(u, P.t(), alpha=scale)
+        ctx.save_for_backward(x, weight, G, P, u, dropped)
+        ctx.scale = scale
+        ctx.has_bias = bias is not None
+        return y.view(B, T, out_features)
+
+    @staticmethod
+    def backward(ctx, grad_y):  # noqa: D102
+        x, weight, G, P, u, dropped = ctx.saved_tensors
+        B, T, d = x.shape
+        r = G.shape[-1]
+        g2 = grad_y.reshape(B * T, -1)  # (B·T, out)
+        grad_u = torch.mm(g2, P).mul_(ctx.scale)  # (B·T, r): ∂loss/∂(masked x G)
+        grad_P = torch.mm(g2.t(), u).mul_(ctx.scale) if ctx.needs_input_grad[4] else None  # (out, r)
+        grad_x = grad_G = None
+        if dropped is not None:
+            position, g_row = _drop_coords(dropped, B, T, d)
+            grad_u_dropped = grad_u.index_select(0, position)  # (K, r)
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(g2, weight).view(B, T, d)  # the frozen layer's part
+            grad_x.baddbmm_(grad_u.view(B, T, r), G.transpose(1, 2))  # + the rank-r part, in place
+            if dropped is not None:  # the dropped positions got no rank-r gradient
+                rows = G.reshape(B * d, r).index_select(0, g_row)  # (K, r)
+                grad_x.view(-1).index_add_(0, dropped, (grad_u_dropped * rows).sum(1), alpha=-1)
+        if ctx.needs_input_grad[3]:
+            grad_G = torch.bmm(x.transpose(1, 2), grad_u.view(B, T, r))  # (B, d, r)
+            if dropped is not None:
+                x_dropped = x.reshape(-1).index_select(0, dropped)
+                grad_G.view(B * d, r).index_add_(0, g_row, grad_u_dropped * x_dropped[:, None], alpha=-1)
+        return grad_x, None, None, grad_G, grad_P, None, None
 
 
 def inject_collab_layers(

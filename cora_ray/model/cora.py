@@ -35,6 +35,8 @@ class CoRAModel(RecModel):
     """
 
     method = "cora"
+    needs_cf = True
+    uses_collab_weights = True
 
     def __init__(self, llm: LoadedLLM, cf: CFBackbone, cfg: ModelConfig) -> None:
         super().__init__(llm)
@@ -49,10 +51,6 @@ class CoRAModel(RecModel):
         self.collab, self.collab_layers = inject_collab_layers(
             self.lm, cfg.targets, cfg.rank, cfg.alpha, cfg.dropout
         )
-
-    @property
-    def needs_cf(self) -> bool:
-        return True
 
     def compute_G(
         self,

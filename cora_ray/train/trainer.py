@@ -98,11 +98,12 @@ def _check_config(cfg: ExperimentConfig, local_cluster: bool) -> None:
     from cora_ray.train.deepspeed_config import resolve_precision
 
     t = cfg.train
-    if cfg.model.method == "zero_shot":
+    method = _method_class(cfg)
+    if not method.trainable:
         raise ConfigError(
-            "model.method zero_shot has nothing to train; evaluate it with jobs/evaluate.py instead"
+            f"model.method {cfg.model.method} has nothing to train; evaluate it with jobs/evaluate.py instead"
         )
-    if cfg.model.method in ("cora", "collm") and not cfg.model.cf_artifact:
+    if method.needs_cf and not cfg.model.cf_artifact:
         raise ConfigError(
             f"model.method {cfg.model.method} needs model.cf_artifact (a jobs/pretrain_cf.py output URI)"
         )
@@ -165,8 +166,15 @@ def _check_dataset(cfg: ExperimentConfig) -> dict:
     return manifest
 
 
+def _method_class(cfg: ExperimentConfig) -> Any:
+    """The RecModel class of `model.method`: its class attributes say what the method needs (no model built)."""
+    from cora_ray.model.build import model_class
+
+    return model_class(cfg.model.method)
+
+
 def _check_cf(cfg: ExperimentConfig, dataset_hash: str) -> dict | None:
-    if cfg.model.method not in ("cora", "collm"):
+    if not _method_class(cfg).needs_cf:
         return None
     from cora_ray.cf.artifact import check_dataset, read_cf_manifest
 
@@ -280,7 +288,7 @@ def prepare_run(
     valid_keys = sample_keys(keys, cfg.train.eval_limit, cfg.train.seed)
     pad_id = int(tokenizer.pad_token_id)
     encoder_factory = functools.partial(
-        _make_encoder, tokenizer, cfg.prompt, titles, cfg.model.method == "collm"
+        _make_encoder, tokenizer, cfg.prompt, titles, _method_class(cfg).needs_placeholders
     )
     return RunPlan(
         cfg=cfg,
