@@ -362,7 +362,7 @@ def _source_info(source: ScorerSource, pre: dict) -> dict:
         cf = m.get("cf_artifact")
         if isinstance(cf, dict) and cf.get("uri"):
             cf = {**cf, "uri": storage.display_uri(cf["uri"])}
-        info.update(step=m.get("step"), train_metrics=m.get("metrics"), cf_artifact=cf)
+        info.update(hash=m.get("hash"), step=m.get("step"), train_metrics=m.get("metrics"), cf_artifact=cf)
         base = m.get("base_llm")
     elif source.kind == "cf":
         info.update(backbone=m.get("backbone"), hash=m.get("hash"))

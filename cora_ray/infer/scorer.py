@@ -27,17 +27,27 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cora_ray import storage
-from cora_ray.checkpoint import check_compatible, load_trainable, read_checkpoint_manifest
+from cora_ray.checkpoint import (
+    check_compatible,
+    checkpoint_hash,
+    load_trainable,
+    read_checkpoint_manifest,
+)
 from cora_ray.config import ExperimentConfig, from_dict
 from cora_ray.data import protocol
 from cora_ray.errors import ArtifactMismatchError, DataError, ModelError
 from cora_ray.infer.remote_code import require_consent
+
+if TYPE_CHECKING:  # imported lazily at run time: cora_ray.llm / model / cf pull in transformers
+    from cora_ray.cf.base import CFBackbone
+    from cora_ray.llm.loaded import LoadedLLM
+    from cora_ray.model.base import RecModel
 
 # A provider of collaborative weights for one batch: (user_ids, item_ids, history) tensors → (B, d_model, r).
 GProvider = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -108,13 +118,28 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def _load_titles(data_uri: str, endpoint: str | None) -> tuple[list[str], dict]:
+def _load_titles(data_uri: str, endpoint: str | None) -> tuple[list[str], str]:
+    """Titles by item id and the dataset's manifest hash."""
     manifest = protocol.read_manifest(data_uri, endpoint)
-    return protocol.titles_by_id(protocol.read_items(data_uri, endpoint)), manifest
+    return protocol.titles_by_id(protocol.read_items(data_uri, endpoint)), manifest["hash"]
 
 
-def _weight_hash(llm: Any) -> str | None:
-    return getattr(llm, "weight_hash", None)
+@dataclasses.dataclass
+class _Parts:
+    """What a Scorer is made of, resolved (and checked) by one of its constructors; `Scorer._assemble`
+    builds the Scorer from it. `model` None: built from config + llm + cf, then `trainable` loaded."""
+
+    config: ExperimentConfig
+    llm: LoadedLLM
+    titles: list[str]
+    device: torch.device
+    manifest: dict
+    cf: CFBackbone | None = None
+    model: RecModel | None = None
+    trainable: dict[str, torch.Tensor] | None = None
+    uri: str | None = None
+    dataset_hash: str | None = None
+    data_uri: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,6 +190,8 @@ class Scorer:
         self.load_seconds: float | None = None
 
     # -- construction ----------------------------------------------------------------------------------
+    # Three entry points resolve a `_Parts` (config, LLM, CF backbone, titles, manifest) and share one
+    # builder, `_assemble`.
 
     @classmethod
     def from_checkpoint(
@@ -192,42 +219,31 @@ class Scorer:
         require_consent(cfg.llm, trust_remote_code, f"checkpoint {uri}")
         endpoint = endpoint or cfg.data.s3_endpoint
         data_uri = data_uri or cfg.data.uri
-        titles, data_manifest = _load_titles(data_uri, endpoint)
-        check_compatible(manifest, uri=uri, dataset_hash=data_manifest.get("hash"))
-
+        titles, dataset_hash = _load_titles(data_uri, endpoint)
+        check_compatible(manifest, uri=uri, dataset_hash=dataset_hash)
         cf = None
-        cf_record = manifest.get("cf_artifact")
-        if cf_record:
-            cf = _load_cf_for_checkpoint(uri, cf_record, cf_uri, manifest.get("dataset_hash"), endpoint)
-            check_compatible(manifest, uri=uri, cf_hash=cf_artifact_hash(cf))
-
-        from cora_ray.llm.loading import load_llm
-
+        if manifest.get("cf_artifact"):
+            cf = _load_cf_for_checkpoint(
+                uri, manifest["cf_artifact"], cf_uri, manifest.get("dataset_hash"), endpoint
+            )
+            check_compatible(manifest, uri=uri, cf_hash=cf.artifact_hash)
         dev = resolve_device(device)
-        llm = load_llm(cfg.llm, dev, dtype)
-        check_compatible(manifest, uri=uri, llm_weight_hash=_weight_hash(llm))
+        llm = _load_llm(cfg, dev, dtype)
+        check_compatible(manifest, uri=uri, llm_weight_hash=llm.weight_hash)
         _check_answer_tokens(manifest, llm, uri)
-
-        model = _build(cfg, llm, cf, dev)
-        state = load_trainable(uri, manifest, endpoint)
-        model.load_trainable_state_dict(state)
-        model.to(dev)
-        scorer = cls(
-            model,
-            _encoder(llm, cfg, titles, model),
+        parts = _Parts(
+            cfg,
+            llm,
             titles,
-            config=cfg,
-            device=dev,
-            batch_size=batch_size,
-            uri=uri,
-            manifest=manifest,
+            dev,
+            manifest,
             cf=cf,
-            llm=llm,
-            dataset_hash=data_manifest.get("hash"),
+            trainable=load_trainable(uri, manifest, endpoint),
+            uri=uri,
+            dataset_hash=dataset_hash,
             data_uri=data_uri,
         )
-        scorer.load_seconds = time.perf_counter() - t0
-        return scorer
+        return cls._assemble(parts, batch_size, started=t0)
 
     @classmethod
     def from_base_llm(
@@ -249,39 +265,21 @@ class Scorer:
         cfg = dataclasses.replace(
             cfg, model=dataclasses.replace(cfg.model, method="zero_shot", cf_artifact=None)
         )
-        endpoint = endpoint or cfg.data.s3_endpoint
         data_uri = data_uri or cfg.data.uri
-        titles, data_manifest = _load_titles(data_uri, endpoint)
-
-        from cora_ray.llm.loading import load_llm
-
+        titles, dataset_hash = _load_titles(data_uri, endpoint or cfg.data.s3_endpoint)
         dev = resolve_device(device)
-        llm = load_llm(cfg.llm, dev, dtype)
-        model = _build(cfg, llm, None, dev)
-        manifest = {
+        llm = _load_llm(cfg, dev, dtype)
+        manifest = {  # what describe() reports; not a checkpoint manifest (nothing was trained)
             "method": "zero_shot",
             "config": dataclasses.asdict(cfg),
-            "base_llm": {"identity": getattr(llm, "identity", None), "weight_hash": _weight_hash(llm)},
-            "answer_token_id": getattr(llm, "answer_token_id", None),
-            "negative_token_id": getattr(llm, "negative_token_id", None),
+            "base_llm": {"identity": llm.identity, "weight_hash": llm.weight_hash},
+            "answer_token_id": llm.answer_token_id,
+            "negative_token_id": llm.negative_token_id,
             "cf_artifact": None,
-            "dataset_hash": data_manifest.get("hash"),
+            "dataset_hash": dataset_hash,
         }
-        scorer = cls(
-            model,
-            _encoder(llm, cfg, titles, model),
-            titles,
-            config=cfg,
-            device=dev,
-            batch_size=batch_size,
-            uri=None,
-            manifest=manifest,
-            llm=llm,
-            dataset_hash=data_manifest.get("hash"),
-            data_uri=data_uri,
-        )
-        scorer.load_seconds = time.perf_counter() - t0
-        return scorer
+        parts = _Parts(cfg, llm, titles, dev, manifest, dataset_hash=dataset_hash, data_uri=data_uri)
+        return cls._assemble(parts, batch_size, started=t0)
 
     @classmethod
     def from_model(
@@ -297,17 +295,38 @@ class Scorer:
         manifest: dict | None = None,
     ) -> Scorer:
         """Wrap a model already in memory (training's validation, tests) with the same scoring path."""
-        return cls(
-            model,
-            _encoder(llm, cfg, titles, model),
-            titles,
-            config=cfg,
-            device=device,
-            batch_size=batch_size,
-            manifest=manifest,
-            cf=cf,
-            llm=llm,
+        parts = _Parts(
+            cfg, llm, list(titles), resolve_device(device), dict(manifest or {}), cf=cf, model=model
         )
+        return cls._assemble(parts, batch_size)
+
+    @classmethod
+    def _assemble(cls, parts: _Parts, batch_size: int | None, started: float | None = None) -> Scorer:
+        """The one builder: the model (built and loaded unless given), its prompt encoder, the Scorer.
+        `started`: perf_counter() when loading began, for `load_seconds`."""
+        model = parts.model
+        if model is None:
+            model = _build(parts.config, parts.llm, parts.cf, parts.device)
+            if parts.trainable is not None:
+                model.load_trainable_state_dict(parts.trainable)
+                model.to(parts.device)
+        scorer = cls(
+            model,
+            _encoder(parts.llm, parts.config, parts.titles, model),
+            parts.titles,
+            config=parts.config,
+            device=parts.device,
+            batch_size=batch_size,
+            uri=parts.uri,
+            manifest=parts.manifest,
+            cf=parts.cf,
+            llm=parts.llm,
+            dataset_hash=parts.dataset_hash,
+            data_uri=parts.data_uri,
+        )
+        if started is not None:
+            scorer.load_seconds = time.perf_counter() - started
+        return scorer
 
     # -- properties ------------------------------------------------------------------------------------
 
@@ -342,11 +361,13 @@ class Scorer:
             return torch.device("cpu")
 
     def describe(self) -> dict:
-        """What scored: method, checkpoint, base LLM, CF artifact, dataset — for metrics.json and /v1/model."""
+        """What scored: method, checkpoint (URI and content hash), base LLM, CF artifact, dataset — for
+        metrics.json and /v1/model. `checkpoint_hash` (cora_ray/manifest.py) is None without a checkpoint."""
         m = self.manifest
         return {
             "method": self.method,
             "checkpoint": self.uri,
+            "checkpoint_hash": checkpoint_hash(m) if self.uri else None,
             "step": m.get("step"),
             "base_llm": m.get("base_llm"),
             "answer_token_id": m.get("answer_token_id"),
@@ -522,7 +543,13 @@ def _encoder(llm: Any, cfg: ExperimentConfig, titles: Sequence[str], model: Any)
     )
 
 
-def _build(cfg: ExperimentConfig, llm: Any, cf: Any, device: torch.device) -> Any:
+def _load_llm(cfg: ExperimentConfig, device: torch.device, dtype: str | torch.dtype | None) -> LoadedLLM:
+    from cora_ray.llm.loading import load_llm
+
+    return load_llm(cfg.llm, device, dtype)
+
+
+def _build(cfg: ExperimentConfig, llm: LoadedLLM, cf: CFBackbone | None, device: torch.device) -> RecModel:
     from cora_ray.model.build import build_model
 
     model = build_model(cfg.model, llm, cf)
@@ -531,21 +558,15 @@ def _build(cfg: ExperimentConfig, llm: Any, cf: Any, device: torch.device) -> An
     return model
 
 
-def cf_artifact_hash(cf: Any) -> str | None:
-    """The content hash a loaded CF artifact carries (what checkpoints record as cf_artifact.hash)."""
-    for name in ("artifact_hash", "hash"):
-        v = getattr(cf, name, None)
-        if isinstance(v, str):
-            return v
-    manifest = getattr(cf, "manifest", None)
-    if isinstance(manifest, dict):
-        return manifest.get("hash") or manifest.get("artifact_hash")
-    return None
+def cf_artifact_hash(cf: CFBackbone | None) -> str | None:
+    """The content hash of the CF artifact a backbone was loaded from (what checkpoints record as
+    cf_artifact.hash); None without a backbone or for one not loaded from an artifact."""
+    return None if cf is None else cf.artifact_hash
 
 
 def _load_cf_for_checkpoint(
     uri: str, record: dict, cf_uri: str | None, dataset_hash: str | None, endpoint: str | None
-) -> Any:
+) -> CFBackbone:
     """The CF artifact a checkpoint names: `cf_uri` if given, else the recorded URI, else a copy bundled
     inside the checkpoint directory (`<uri>/cf`)."""
     from cora_ray.cf import load_cf_artifact
@@ -560,9 +581,10 @@ def _load_cf_for_checkpoint(
     )
 
 
-def _check_answer_tokens(manifest: dict, llm: Any, uri: str) -> None:
-    for key in ("answer_token_id", "negative_token_id"):
-        expected, actual = manifest.get(key), getattr(llm, key, None)
+def _check_answer_tokens(manifest: dict, llm: LoadedLLM, uri: str) -> None:
+    recorded = {"answer_token_id": llm.answer_token_id, "negative_token_id": llm.negative_token_id}
+    for key, actual in recorded.items():
+        expected = manifest.get(key)
         if expected is not None and actual is not None and int(expected) != int(actual):
             raise ArtifactMismatchError(
                 f"checkpoint {uri} was trained with {key} {expected}, but the base LLM's tokenizer gives {actual}; "

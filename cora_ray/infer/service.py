@@ -429,6 +429,7 @@ class ScorerAdapter:
         base = m.get("base_llm") or {}
         info = {
             "checkpoint": self.uri,
+            "checkpoint_hash": m.get("hash"),  # the manifest's content hash (cora_ray/manifest.py)
             "model": self.model_id,
             "method": self.method,
             "step": m.get("step"),
