@@ -17,12 +17,17 @@ S3 endpoint and region, Hugging Face offline flags and caches. Credentials
 runtime_env is stored by Ray's GCS and shown by its dashboard and state API. Workers of a local cluster
 inherit them from the driver's own environment (the raylet is started from this process); nodes of a real
 cluster get theirs from the instance profile (cluster.yaml).
+
+Logs: workers' output reaches the driver (`log_to_driver`) except the lines in `KNOWN_HARMLESS_WORKER_LINES`,
+which Ray prints about its own internals on every run (each entry says why it is harmless); the worker
+processes of a local cluster also run the `setup_hook` (cora_ray/train/ray_setup.py for training).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cora_ray.errors import ConfigError
@@ -47,6 +52,49 @@ FORWARDED = (
     "CORA_RAY_CACHE_DIR",
     "XDG_CACHE_HOME",
 )
+# Worker log lines dropped on the driver: each is Ray's remark about its own code, printed on every run.
+KNOWN_HARMLESS_WORKER_LINES = (
+    # Ray Train V2 creates its PreemptionWatcher actor with max_restarts=-1 and the train workers' actor
+    # handles as constructor arguments; core_worker warns that a restart could lose such arguments
+    # (Ray issue 53727). The watcher only observes node preemption; the project's own actors are not matched.
+    re.compile(
+        r"core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' and ID: '[0-9a-f]+' has constructor "
+        r"arguments in the object store and max_restarts > 0"
+    ),
+)
+PRINT_LOGS_HANDLER = "ray_print_logs"  # the name ray.init gives its worker-log printer
+
+
+def is_known_harmless(line: str) -> bool:
+    """True for a worker log line matched by `KNOWN_HARMLESS_WORKER_LINES`."""
+    return any(pattern.search(line) for pattern in KNOWN_HARMLESS_WORKER_LINES)
+
+
+def filter_worker_logs(dispatcher=None) -> bool:
+    """Wrap Ray's driver-side worker-log printer so that known-harmless lines are dropped; True when wrapped.
+
+    `dispatcher` is Ray's worker stdout/stderr dispatcher (default: the process's own). Nothing is wrapped
+    when ray.init did not install a printer (log_to_driver=False) or it is already wrapped."""
+    if dispatcher is None:
+        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+    printers = [handler for name, handler in dispatcher.handlers if name == PRINT_LOGS_HANDLER]
+    if len(printers) != 1 or getattr(printers[0], "filters_known_harmless", False):
+        return False
+    dispatcher.remove_handler(PRINT_LOGS_HANDLER)
+    dispatcher.add_handler(PRINT_LOGS_HANDLER, _without_known_harmless(printers[0]))
+    return True
+
+
+def _without_known_harmless(print_logs: Callable[[dict], None]) -> Callable[[dict], None]:
+    def print_filtered(data: dict) -> None:
+        lines = [line for line in data.get("lines", []) if not is_known_harmless(line)]
+        if lines:
+            print_logs({**data, "lines": lines})
+
+    print_filtered.filters_known_harmless = True  # type: ignore[attr-defined]
+    return print_filtered
+
+
 # Never in a runtime_env, even when a caller asks for it.
 SECRET_ENV = frozenset(
     {
@@ -104,6 +152,7 @@ def start_or_join(
         return False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=log_to_driver)
+        filter_worker_logs()
         return False
     # a local cluster's workers import this repository (on a cluster: the job's working_dir or the image)
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
@@ -116,4 +165,5 @@ def start_or_join(
         log_to_driver=log_to_driver,
         runtime_env=runtime_env,
     )
+    filter_worker_logs()
     return True
