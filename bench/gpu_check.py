@@ -118,8 +118,10 @@ def main(argv: list[str]) -> int:
     from cora_ray.model.build import build_model
     from cora_ray.train.deepspeed_config import build_optimizer, deepspeed_config
     from cora_ray.train.pipeline import collate_left_padded, row_keys
+    from cora_ray.train.recipe import register_external_params
     from cora_ray.train.schedule import WarmupCosineSchedule
-    from cora_ray.train.worker import _register_external_params, gathered_trainable_state, validate
+    from cora_ray.train.state import gathered_trainable_state
+    from cora_ray.train.validation import validate
 
     rank, world, device = init_distributed(cpu)
     t_start = time.perf_counter()
@@ -174,7 +176,7 @@ def main(argv: list[str]) -> int:
     optimizer = build_optimizer(model, cfg.train, frozen)
     trainable = {k: tuple(v.shape) for k, v in model.trainable_state_dict().items()}
     if args.zero_stage == 3:
-        _register_external_params(model)
+        register_external_params(model)
     t = cfg.train
     engine, ds_opt, _, sched = deepspeed.initialize(
         model=model,

@@ -138,3 +138,27 @@ def disable_hidden_compiles() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     # `deepspeed.comm.torch` as an attribute resolves to the real torch module: use importlib.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+def parameter_dtypes(model: nn.Module, *, trainable: bool) -> list[str]:
+    """The distinct dtypes (e.g. ["torch.bfloat16"]) of the model's trainable or frozen parameters."""
+    return sorted({str(p.dtype) for p in model.parameters() if p.requires_grad == trainable})
+
+
+def check_precision(model: Any, llm_dtype: torch.dtype, *, when: str) -> None:
+    """Trainable parameters fp32 (the master weights) and the frozen LLM in `llm_dtype`, or TrainingError."""
+    bad = sorted(
+        {
+            f"{n}: {p.dtype}"
+            for n, p in model.named_parameters()
+            if p.requires_grad and p.dtype != TRAINABLE_DTYPE
+        }
+    )
+    if bad:
+        raise TrainingError(
+            f"{when}: {len(bad)} trainable parameter(s) are not {TRAINABLE_DTYPE} (e.g. {bad[0]}); the trainable "
+            "parts must stay fp32 master weights (DeepSpeed's bf16/fp16 modes must be off: deepspeed_config.py)"
+        )
+    lm = sorted({str(p.dtype) for p in model.lm.parameters() if not p.requires_grad})
+    if lm != [str(llm_dtype)]:
+        raise TrainingError(f"{when}: the frozen LLM's parameters are {lm}, expected {llm_dtype} (llm.dtype)")

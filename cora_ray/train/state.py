@@ -21,8 +21,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from cora_ray.checkpoint import write_checkpoint_files
+from cora_ray.errors import TrainingError
+from cora_ray.train.deepspeed_config import TRAINABLE_DTYPE
 
 TRAIN_STATE_FILE = "train_state.json"
 OPTIMIZER_DIR = "optimizer"
@@ -123,8 +128,6 @@ def load_optimizer_state(directory: str | Path, rank: int, ds_optimizer: Any) ->
 
 def save_valid_scores(directory: str | Path, rows: dict[str, Any]) -> Path:
     """Write validation's rows (`VALID_SCORE_COLUMNS`, numpy arrays of one length) into the checkpoint folder."""
-    import numpy as np
-
     dtypes = {"user_id": torch.int64, "item_id": torch.int64, "label": torch.float32, "score": torch.float32}
     tensors = {k: torch.from_numpy(np.ascontiguousarray(rows[k])).to(dtypes[k]) for k in VALID_SCORE_COLUMNS}
     path = Path(directory) / VALID_SCORES_FILE
@@ -135,3 +138,65 @@ def save_valid_scores(directory: str | Path, rows: dict[str, Any]) -> Path:
 def load_valid_scores(directory: str | Path) -> dict[str, Any]:
     """The rows `save_valid_scores` wrote, as numpy arrays."""
     return {k: v.numpy() for k, v in load_file(str(Path(directory) / VALID_SCORES_FILE)).items()}
+
+
+def gathered_trainable_state(model: Any, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The trainable tensors as full fp32 CPU tensors (ZeRO-3: all-gathered from the partitions; every rank
+    calls). They are the master weights themselves: DeepSpeed's bf16 mode is off (deepspeed_config.py), so
+    the module's trainable parameters are the fp32 tensors the optimizer updates (ZeRO 0), or exact copies
+    of its fp32 partitions (ZeRO 1-3)."""
+    if zero_stage == 3:
+        # imported here: DeepSpeed picks its accelerator at import, after the worker set DS_ACCELERATOR
+        # (recipe.setup_process; docs/platform_notes.md)
+        import deepspeed
+
+        params = model.trainable_parameters()
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            state = {k: v.detach().to("cpu").clone() for k, v in model.trainable_state_dict().items()}
+    else:
+        state = {k: v.detach().to("cpu").clone() for k, v in model.trainable_state_dict().items()}
+    lowered = sorted(k for k, v in state.items() if v.dtype != TRAINABLE_DTYPE)
+    if lowered:
+        raise TrainingError(
+            f"checkpoint: trainable tensor {lowered[0]} is {state[lowered[0]].dtype}, not {TRAINABLE_DTYPE} "
+            f"({len(lowered)} such): a checkpoint must hold the fp32 master weights, not rounded copies"
+        )
+    return state
+
+
+def write_checkpoint(
+    directory: Path,
+    *,
+    rank: int,
+    model: Any,
+    engine: Any,
+    spec: Any,
+    cfg: Any,
+    llm: Any,
+    state: TrainState,
+    metrics: dict,
+    valid_rows: dict | None = None,
+) -> None:
+    """Every rank writes its part into `directory` (rank 0 the contract files, train state and validation
+    rows; each rank its optimizer partition); Ray Train merges the ranks' files into one checkpoint.
+    `spec` is the worker's RunSpec (cora_ray/train/worker.py)."""
+    trainable = gathered_trainable_state(model, cfg.train.zero_stage)
+    if rank == 0:
+        write_checkpoint_files(
+            directory,
+            trainable,
+            method=cfg.model.method,
+            config=spec.experiment,
+            base_llm={"identity": llm.identity, "weight_hash": llm.weight_hash},
+            answer_token_id=llm.answer_token_id,
+            negative_token_id=llm.negative_token_id,
+            cf_artifact=spec.cf_record,
+            dataset_hash=spec.dataset_hash,
+            metrics=metrics,
+            step=state.step,
+        )
+        (directory / TRAIN_STATE_FILE).write_text(state.to_json())
+        if valid_rows:
+            save_valid_scores(directory, valid_rows)
+    if cfg.train.save_optimizer_state:
+        save_optimizer_state(directory, rank, engine.optimizer)
