@@ -187,7 +187,9 @@ class Scorer:
         self.data_uri = data_uri
         self.max_history = int(config.prompt.max_history)
         self.model.eval()
-        self.load_seconds: float | None = None
+        self.load_seconds: float | None = None  # set by the constructors: seconds spent loading
+        # set by a serving reload that failed half way (cora_ray/infer/reload.py): the replica is unhealthy
+        self.reload_broken: str | None = None
 
     # -- construction ----------------------------------------------------------------------------------
     # Three entry points resolve a `_Parts` (config, LLM, CF backbone, titles, manifest) and share one

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cora_ray.checkpoint import read_checkpoint_manifest
 from cora_ray.config import to_dict
 from cora_ray.data import protocol
 from cora_ray.errors import ArtifactMismatchError, ConfigError, StorageError
@@ -63,6 +64,9 @@ def test_evaluate_metrics_equal_those_computed_by_hand_from_the_scorer(tiny_arti
         np.testing.assert_allclose(stored["score"].to_numpy(), scores, atol=1e-5)  # same rows, same order
     assert read_results(out) == json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert doc["data"]["hash"] == tiny_artifacts.data_hash and doc["method"] == "cora"
+    # the checkpoint's content hash (cora_ray/manifest.py) names what scored, as the data and CF hashes do
+    ckpt_hash = read_checkpoint_manifest(tiny_artifacts.checkpoints["cora"])["hash"]
+    assert doc["source"]["hash"] == ckpt_hash == doc["scorer"]["checkpoint_hash"]
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "| test_warm |" in report and f"{doc['splits']['test']['auc']:.4f}" in report
     # derived splits are filters of test: scored once

@@ -152,4 +152,9 @@ def test_describe_names_what_scored(cora, tiny_artifacts):
     d = cora.describe()
     assert d["method"] == "cora" and d["checkpoint"] == tiny_artifacts.checkpoints["cora"]
     assert d["dataset_hash"] == tiny_artifacts.data_hash and d["cf_artifact"]["backbone"] == "mf"
+    from cora_ray.checkpoint import read_checkpoint_manifest
+
+    assert d["checkpoint_hash"] == read_checkpoint_manifest(tiny_artifacts.checkpoints["cora"])["hash"]
+    assert d["cf_artifact"]["hash"] == cora.cf.artifact_hash  # the loaded backbone's declared field
+    assert Scorer.from_base_llm(tiny_artifacts.config("cora")).describe()["checkpoint_hash"] is None
     assert cora.knows_user([1]).dtype == bool

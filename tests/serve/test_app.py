@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
+from cora_ray.checkpoint import read_checkpoint_manifest
 from cora_ray.data import protocol
 from tests.serve import harness
 
@@ -170,6 +171,7 @@ def test_model_info_names_checkpoint_llm_cf_metrics_and_cache(app):
     status, info = harness.request(app.base, "GET", "/v1/model")
     assert status == 200
     assert info["checkpoint"] == app.setup.checkpoint_uri and info["method"] == "cora"
+    assert info["checkpoint_hash"] == read_checkpoint_manifest(app.setup.checkpoint_uri)["hash"]
     assert info["base_llm"].startswith(str(app.setup.llm_dir)) or "llm" in info["base_llm"]
     assert info["cf_backbone"] == "mf" and info["metrics"]["valid_auc"] == pytest.approx(0.5)
     cache = info["cache"]

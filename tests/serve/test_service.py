@@ -141,6 +141,13 @@ def test_cache_hits_skip_the_generator_and_give_the_same_scores():
     assert engine.cache.stats().hits == 5
 
 
+def test_model_info_carries_the_checkpoint_hash():
+    scorer = fakes.FakeScorer()
+    assert ScoringEngine(scorer, ScorerOptions(cache_bytes=0)).describe()["checkpoint_hash"] is None
+    scorer.manifest["hash"] = "c" * 64  # what cora_ray.checkpoint.read_checkpoint_manifest always returns
+    assert ScoringEngine(scorer, ScorerOptions(cache_bytes=0)).describe()["checkpoint_hash"] == "c" * 64
+
+
 def test_swap_to_a_new_checkpoint_empties_the_cache():
     engine = ScoringEngine(fakes.FakeScorer(tag="a"), ScorerOptions(cache_bytes=1 << 20))
     engine.score_jobs(jobs())
