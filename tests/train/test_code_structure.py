@@ -1,6 +1,7 @@
 """Code-structure rule of issue 16 item 3: no function longer than 80 lines in the packages listed here.
 
-Directories join SCANNED once they comply (cora_ray/infer and serve/ are being reworked: add them then)."""
+Directories join SCANNED once they comply; cora_ray/infer and serve/ complied when this test was written.
+Extend the list (e.g. with cora_ray/eval) as other packages are brought under the rule."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_FUNCTION_LINES = 80
-SCANNED = ["cora_ray/train"]  # extend with "cora_ray/infer", "serve" once they comply
+SCANNED = ["cora_ray/train", "cora_ray/infer", "serve"]
 
 
 def long_functions(root: Path, base: Path = REPO, limit: int = MAX_FUNCTION_LINES) -> list[str]:
