@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cora_ray.errors import ConfigError
 from cora_ray.ray_local import init_local_cluster
+from cora_ray.train.ray_setup import quiet_known_harmless_ray_logs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,6 +78,9 @@ def filter_worker_logs(dispatcher=None) -> bool:
     when ray.init did not install a printer (log_to_driver=False) or it is already wrapped."""
     if dispatcher is None:
         from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+
+        # Ray Data executes in the driver too (evaluation): the same narrow silencing as in the workers
+        quiet_known_harmless_ray_logs()
     printers = [handler for name, handler in dispatcher.handlers if name == PRINT_LOGS_HANDLER]
     if len(printers) != 1 or getattr(printers[0], "filters_known_harmless", False):
         return False
