@@ -25,6 +25,7 @@ processes of a local cluster also run the `setup_hook` (cora_ray/train/ray_setup
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -155,7 +156,7 @@ def start_or_join(
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=log_to_driver)
+        ray.init(log_to_driver=log_to_driver, logging_level=logging.WARNING)
         filter_worker_logs()
         return False
     # a local cluster's workers import this repository (on a cluster: the job's working_dir or the image)
@@ -165,6 +166,7 @@ def start_or_join(
         runtime_env["worker_process_setup_hook"] = setup_hook
     init_local_cluster(
         num_cpus=num_cpus,
+        logging_level=logging.WARNING,  # the driver's "ray" logger: no INFO start-up chatter
         include_dashboard=False,
         log_to_driver=log_to_driver,
         runtime_env=runtime_env,

@@ -56,3 +56,16 @@ def test_worker_hook_drops_the_progress_bar_notice_and_the_deprecation_only(capl
         assert [str(w.message) for w in caught] == ["`ExecutionOptions.other` is deprecated"]
     assert logging.getLogger(ray_setup.PLACEMENT_GROUP_CLEANER_LOGGER).level == logging.ERROR
     logger.filters.clear()
+
+
+def test_worker_hook_quiets_rays_life_cycle_info_but_not_its_warnings_or_failures(caplog):
+    ray_setup.quiet_known_harmless_ray_logs()
+    executor = logging.getLogger(ray_setup.STREAMING_EXECUTOR_LOGGER)
+    group = logging.getLogger(ray_setup.TRAIN_LIFECYCLE_LOGGERS[1])
+    with caplog.at_level(logging.INFO, logger=ray_setup.STREAMING_EXECUTOR_LOGGER):
+        executor.info("✔️  Dataset train_0357_0 execution finished in 61.54 seconds")
+        executor.info("⚠️  Dataset train_0357_0 execution failed")
+    assert [r.getMessage() for r in caplog.records] == ["⚠️  Dataset train_0357_0 execution failed"]
+    assert not group.isEnabledFor(logging.INFO) and group.isEnabledFor(logging.WARNING)
+    executor.filters.clear()
+    logging.getLogger(ray_setup.PROGRESS_BARS_LOGGER).filters.clear()

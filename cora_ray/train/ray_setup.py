@@ -12,35 +12,54 @@ logger, one message); everything else Ray logs still reaches the driver:
   project turns them off on purpose (its own progress lines replace them: cora_ray/train/progress.py).
 - Ray Train's own `DataConfig` sets `ExecutionOptions.exclude_resources`, which Ray Data deprecates with a
   `RayDeprecationWarning` in the worker that builds the datasets; the project does not set that option.
+- Ray Train's worker-group life cycle at INFO ("Requesting resources", "Attempting to start training worker
+  group", "Started training worker group", "Setting up process group"): those three module loggers are
+  raised to WARNING, so their warnings and errors still show. The project prints its own start-up line.
+- Ray Data's "✔️  Dataset … execution finished in N seconds" (success only; a failed execution still logs).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 PLACEMENT_GROUP_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 PROGRESS_BARS_LOGGER = "ray.data._internal.progress"
 PROGRESS_BARS_DISABLED = "Progress bars disabled. To enable"
 EXCLUDE_RESOURCES_DEPRECATION = r"`ExecutionOptions\.exclude_resources` is deprecated"
+TRAIN_LIFECYCLE_LOGGERS = (
+    "ray.train.v2._internal.execution.scaling_policy.scaling_policy",
+    "ray.train.v2._internal.execution.worker_group.worker_group",
+    "ray.train.torch.config",
+)
+STREAMING_EXECUTOR_LOGGER = "ray.data._internal.execution.streaming_executor"
+DATASET_FINISHED = re.compile(r"^\S+\s+Dataset \S+ execution finished in ")
 HOOK = f"{__name__}.quiet_known_harmless_ray_logs"
 
 
-class _DropMessagesStartingWith(logging.Filter):
-    """Drops the records of one logger whose message starts with `prefix`; passes every other record."""
+class _DropMatching(logging.Filter):
+    """Drops the records of one logger whose message matches `pattern` (re.match); passes every other record."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, pattern: str | re.Pattern) -> None:
         super().__init__()
-        self.prefix = prefix
+        self.pattern = re.compile(pattern)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
+        return not self.pattern.match(record.getMessage())
+
+
+def _drop(logger_name: str, pattern: str | re.Pattern) -> None:
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _DropMatching) for f in logger.filters):
+        logger.addFilter(_DropMatching(pattern))
 
 
 def quiet_known_harmless_ray_logs() -> None:
-    """The worker-process set-up: silence the three known-harmless Ray messages of the module docstring."""
+    """The worker-process set-up: silence the known-harmless Ray messages of the module docstring."""
     logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
-    progress_logger = logging.getLogger(PROGRESS_BARS_LOGGER)
-    if not any(isinstance(f, _DropMessagesStartingWith) for f in progress_logger.filters):
-        progress_logger.addFilter(_DropMessagesStartingWith(PROGRESS_BARS_DISABLED))
+    for name in TRAIN_LIFECYCLE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _drop(PROGRESS_BARS_LOGGER, re.escape(PROGRESS_BARS_DISABLED))
+    _drop(STREAMING_EXECUTOR_LOGGER, DATASET_FINISHED)
     warnings.filterwarnings("ignore", message=EXCLUDE_RESOURCES_DEPRECATION)
