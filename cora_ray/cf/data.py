@@ -14,6 +14,7 @@ import pyarrow as pa
 import torch
 
 from cora_ray.data import protocol
+from cora_ray.data.batching import pad_histories
 from cora_ray.errors import DataError
 
 COLUMNS = ["user_id", "item_id", "label", "ts", "history", "warm"]
@@ -94,24 +95,6 @@ class CFData:
         return out
 
 
-def pad_history(column: pa.ChunkedArray | pa.Array, history_len: int) -> np.ndarray:
-    """list<int32> column → (N, H) int64, keeping the last H ids of each row, left-padded with 0."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(arr)
-    out = np.zeros((n, history_len), dtype=np.int64)
-    if n == 0:
-        return out
-    if arr.null_count:
-        arr = pa.compute.fill_null(arr, pa.scalar([], type=arr.type))
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = arr.values.to_numpy(zero_copy_only=False).astype(np.int64)
-    start, end = offsets[:-1], offsets[1:]
-    idx = end[:, None] - history_len + np.arange(history_len)[None, :]
-    valid = idx >= start[:, None]
-    out[valid] = values[idx[valid]]
-    return out
-
-
 def table_to_split(table: pa.Table, name: str, history_len: int, num_users: int, num_items: int) -> CFSplit:
     """Convert and validate one protocol split (ids in range, labels 0/1)."""
     if table.num_rows == 0:
@@ -119,7 +102,7 @@ def table_to_split(table: pa.Table, name: str, history_len: int, num_users: int,
     users = table["user_id"].to_numpy().astype(np.int64)
     items = table["item_id"].to_numpy().astype(np.int64)
     labels = table["label"].to_numpy().astype(np.float32)
-    history = pad_history(table["history"], history_len)
+    history = pad_histories(table["history"], history_len)
     for what, ids, hi in (("user_id", users, num_users), ("item_id", items, num_items)):
         bad = (ids < 1) | (ids > hi)
         if bad.any():

@@ -4,9 +4,9 @@
     information to predict whether the user would enjoy the movie titled "C (1997)"? Answer with "Yes" or
     "No". \\n#Answer:
 
-`build_prompt` makes that text from titles. `PromptEncoder` turns rows (history item ids, target item id)
-into `input_ids` / `attention_mask` (B, T), left-padded so that the last position of every row is the
-position whose next-token logits score the answer. It
+`build_prompt` makes that text from titles. `PromptEncoder.token_rows` turns rows (history item ids, target
+item id) into one token list per row; cora_ray/data/batching.py left-pads a batch of them (to its longest
+row) so that the last position of every row is the position whose next-token logits score the answer. It
 
 - keeps the last `cfg.max_history` history items, oldest first, and drops the oldest of them while the
   prompt is longer than `cfg.max_prompt_tokens` (the question and the target title are never cut);
@@ -14,8 +14,9 @@ position whose next-token logits score the answer. It
   model then answers "Yes"/"No" without a leading space);
 - with `collab_placeholders=True` (CoLLM), puts one placeholder token after "A user" and one after the
   target title (or at `{user}` / `{item}` fields of the template) and returns their positions
-  `user_pos`, `item_pos` (B,) in the padded sequence, where a CoLLM model writes its CF token embeddings;
-- runs as a Ray Data `map_batches` callable on protocol rows (`__call__`).
+  `user_pos`, `item_pos` (B,) (token indices, shifted by the padding when a batch is padded), where a
+  CoLLM model writes its CF token embeddings;
+- runs as a Ray Data `map_batches` callable on protocol rows (`__call__`, unpadded rows).
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from cora_ray.config import PromptConfig
-from cora_ray.data.protocol import HISTORY_LEN
+from cora_ray.data.batching import encode_rows, history_arrays, left_pad
 from cora_ray.errors import ConfigError, DataError, ModelError
 
 _FIELDS = {"history", "target", "domain", "domain_plural", "user", "item"}
@@ -172,34 +172,14 @@ def _apply_chat(tokenizer: PreTrainedTokenizerBase, content: str) -> str:
     return text
 
 
-def history_arrays(histories: Any) -> list[np.ndarray]:
-    """Item-id histories as a list of int64 arrays with the padding id 0 removed, oldest first.
+@dataclass
+class TokenRows:
+    """A batch of prompts as token rows, not padded: `ids` one token list per row; `positions` (CoLLM only)
+    user_pos / item_pos, the placeholder's token index inside each row; `texts` the prompts tokenised."""
 
-    Accepts a list of lists/arrays, a 2-D array (left-padded with 0), a numpy object array of arrays
-    (Ray Data's form of a list column) or a pyarrow list array.
-    """
-    if isinstance(histories, pa.ChunkedArray):
-        histories = histories.combine_chunks()
-    if isinstance(histories, (pa.ListArray, pa.LargeListArray)):
-        offsets = histories.offsets.to_numpy()
-        values = histories.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-        out = [values[offsets[i] : offsets[i + 1]] for i in range(len(histories))]
-    elif isinstance(histories, np.ndarray) and histories.ndim == 2:
-        out = list(histories.astype(np.int64, copy=False))
-    else:
-        out = [np.asarray(h if h is not None else [], dtype=np.int64).reshape(-1) for h in histories]
-    return [h[h != 0] for h in out]
-
-
-def pad_history(histories: Any, length: int = HISTORY_LEN) -> np.ndarray:
-    """(B, length) int64: the last `length` ids of each history, left-padded with 0."""
-    rows = history_arrays(histories)
-    out = np.zeros((len(rows), length), dtype=np.int64)
-    for i, h in enumerate(rows):
-        h = h[-length:]
-        if len(h):
-            out[i, length - len(h) :] = h
-    return out
+    ids: list[list[int]]
+    positions: dict[str, list[int]]
+    texts: list[str]
 
 
 class PromptEncoder:
@@ -307,23 +287,11 @@ class PromptEncoder:
         )
         return enc["input_ids"], (enc["offset_mapping"] if self.collab else None)
 
-    def encode(
-        self,
-        histories: Any,
-        target_ids: Any,
-        return_tensors: Literal["np", "pt"] = "np",
-        pad_to: int | None = None,
-        return_text: bool = False,
-    ) -> dict[str, Any]:
-        """Tokenise a batch of rows.
+    def token_rows(self, histories: Any, target_ids: Any) -> TokenRows:
+        """Prompt tokens of a batch of rows, each row its own length (no padding).
 
         histories: per row the earlier positive item ids, oldest first (any form `history_arrays` takes).
-        target_ids: (B,) target item ids.
-        pad_to: pad every row to this length (≥ every prompt; e.g. cfg.max_prompt_tokens for fixed-shape
-        Ray Data blocks); default: the longest prompt of the batch.
-        Returns input_ids, attention_mask (B, T) int64, left-padded; with collab placeholders also
-        user_pos, item_pos (B,) int64, indices into T; with `return_text` also `text` (list of str).
-        """
+        target_ids: (B,) target item ids. cora_ray/data/batching.py pads them into a model batch."""
         targets = np.asarray(target_ids, dtype=np.int64).reshape(-1)
         rows = history_arrays(histories)
         if len(rows) != len(targets):
@@ -355,34 +323,31 @@ class PromptEncoder:
                     offsets[i] = new_offsets[j]
             over = [i for i in over if len(ids[i]) > limit]
 
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
-        width = int(lengths.max()) if len(lengths) else 0
-        if pad_to is not None:
-            if pad_to < width:
-                raise DataError(f"pad_to={pad_to} is shorter than the longest prompt of the batch ({width})")
-            width = pad_to
-        input_ids = np.full((len(ids), width), self.tokenizer.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(ids), width), dtype=np.int64)
-        for i, x in enumerate(ids):
-            if len(x):
-                input_ids[i, width - len(x) :] = x
-                attention_mask[i, width - len(x) :] = 1
-        out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        positions: dict[str, list[int]] = {}
         if self.collab:
             assert offsets is not None
-            pads = width - lengths
-            out["user_pos"] = np.array(
-                [pads[i] + self._token_at(ids[i], offsets[i], rendered[i][1]) for i in range(len(ids))],
-                dtype=np.int64,
-            )
-            out["item_pos"] = np.array(
-                [pads[i] + self._token_at(ids[i], offsets[i], rendered[i][2]) for i in range(len(ids))],
-                dtype=np.int64,
-            )
+            for name, at in (("user_pos", 1), ("item_pos", 2)):
+                positions[name] = [
+                    self._token_at(ids[i], offsets[i], rendered[i][at]) for i in range(len(ids))
+                ]
+        return TokenRows(ids=ids, positions=positions, texts=[r[0] for r in rendered])
+
+    def encode(
+        self,
+        histories: Any,
+        target_ids: Any,
+        return_tensors: Literal["np", "pt"] = "np",
+        return_text: bool = False,
+    ) -> dict[str, Any]:
+        """Tokenise a batch of rows into input_ids, attention_mask (B, T) int64, left-padded to the batch's
+        longest prompt (cora_ray/data/batching.py `left_pad`); with collab placeholders also user_pos, item_pos
+        (B,) int64, indices into T; with `return_text` also `text` (list of str)."""
+        tokens = self.token_rows(histories, target_ids)
+        out: dict[str, Any] = left_pad(tokens.ids, int(self.tokenizer.pad_token_id), tokens.positions)
         if return_tensors == "pt":
             out = {k: torch.from_numpy(v) for k, v in out.items()}
         if return_text:
-            out["text"] = [r[0] for r in rendered]
+            out["text"] = tokens.texts
         return out
 
     def _token_at(self, ids: list[int], offsets: list[tuple[int, int]], char_at: int) -> int:
@@ -392,39 +357,14 @@ class PromptEncoder:
                 return j
         raise DataError(f"placeholder {self.placeholder!r} not found as one token at character {char_at}")
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Ray Data `map_batches` function on protocol rows (numpy batch format).
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Ray Data `map_batches` function on protocol rows (numpy batch format): `batching.encode_rows`.
 
-        In: user_id, item_id, label, history (+ any other columns, dropped). Out (all fixed-shape):
-        input_ids, attention_mask (B, cfg.max_prompt_tokens) int64; user_id, item_id (B,) int64;
-        label (B,) float32 (the BCE target); history (B, 25) int64 left-padded with 0; user_pos,
-        item_pos (B,) int64 with collab placeholders.
+        In: user_id, item_id, label, history (+ any other columns, dropped). Out: input_ids (one int32 array
+        per row, its own length: not padded), user_id, item_id (B,) int64; label (B,) float32 (the BCE
+        target); history (B, 25) int64 left-padded with 0; user_pos, item_pos (B,) int64 with collab
+        placeholders (indices inside each row). `batching.collate` pads a training batch to its longest row.
         """
-        for col in ("user_id", "item_id", "label", "history"):
-            if col not in batch:
-                raise DataError(f"prompt encoding: batch has no '{col}' column (has {sorted(batch)})")
-        out = self.encode(batch["history"], batch["item_id"], pad_to=self.cfg.max_prompt_tokens)
-        out["user_id"] = np.asarray(batch["user_id"], dtype=np.int64)
-        out["item_id"] = np.asarray(batch["item_id"], dtype=np.int64)
-        out["label"] = np.asarray(batch["label"], dtype=np.float32)
-        out["history"] = pad_history(batch["history"], HISTORY_LEN)
-        return out
-
-
-def trim_left_padding(batch: dict[str, Any]) -> dict[str, Any]:
-    """Drop the columns that are padding in every row (fixed-shape Ray batches → the batch's own width).
-
-    Works on numpy arrays and torch tensors; shifts `user_pos` / `item_pos` when present.
-    """
-    mask = batch["attention_mask"]
-    any_real = mask.any(0) if isinstance(mask, np.ndarray) else mask.bool().any(0).cpu().numpy()
-    first = int(np.argmax(any_real)) if any_real.any() else mask.shape[1]
-    if first == 0:
-        return batch
-    out = dict(batch)
-    out["input_ids"] = batch["input_ids"][:, first:]
-    out["attention_mask"] = mask[:, first:]
-    for key in ("user_pos", "item_pos"):
-        if key in out:
-            out[key] = out[key] - first
-    return out
+        if "label" not in batch:
+            raise DataError(f"prompt encoding: batch has no 'label' column (has {sorted(batch)})")
+        return encode_rows(self, batch)

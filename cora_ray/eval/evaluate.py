@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from cora_ray import storage
 from cora_ray.config import ExperimentConfig, from_dict
 from cora_ray.data import protocol
+from cora_ray.data.batching import length_order, prompt_lengths, title_char_costs
 from cora_ray.errors import ConfigError, CoraError, DataError, StorageError
 from cora_ray.eval.metrics import auc_uauc
 from cora_ray.eval.report import evaluation_markdown, paper_row
@@ -125,18 +126,12 @@ def select_rows(
     return pa.concat_tables(parts), selection, population
 
 
-def length_order(table: pa.Table, titles: Sequence[str], max_history: int) -> np.ndarray:
-    """Row order by approximate prompt length (title characters), so Ray batches hold similar lengths."""
-    nt = len(titles)
-    tl = np.array([len(t) + 4 for t in titles] + [4], dtype=np.int64)
-    items = np.clip(table["item_id"].to_numpy(zero_copy_only=False), 0, nt)
-    hist = table["history"].to_pylist()
-    k = max_history
-    lengths = tl[items] + np.array(
-        [tl[np.clip(np.asarray(h[-k:] if k else [], dtype=np.int64), 0, nt)].sum() for h in hist],
-        dtype=np.int64,
-    )
-    return np.argsort(lengths, kind="stable")
+def row_length_order(table: pa.Table, titles: Sequence[str], max_history: int) -> np.ndarray:
+    """Row order by approximate prompt length (title characters: the driver has no tokenizer), so Ray
+    batches hold similar lengths — cora_ray/data/batching.py's estimate and order, as the scorer's."""
+    items = table["item_id"].to_numpy(zero_copy_only=False)
+    lengths = prompt_lengths(title_char_costs(titles), items, table["history"], max_history)
+    return length_order(lengths)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -445,7 +440,7 @@ def evaluate(
         )
     if source.kind != "cf":
         titles = protocol.titles_by_id(protocol.read_items(data_uri, endpoint))
-        rows = rows.take(pa.array(length_order(rows, titles, _max_history(source, pre)), type=pa.int64()))
+        rows = rows.take(pa.array(row_length_order(rows, titles, _max_history(source, pre)), type=pa.int64()))
 
     if num_actors == 0:
         scores, timing = score_local(source, rows, progress)

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from cora_ray.data import protocol
+from cora_ray.data.batching import pad_histories
 from cora_ray.errors import ModelError
-from cora_ray.infer.scorer import as_histories, as_id_array, cf_artifact_hash, pad_histories, resolve_device
+from cora_ray.infer.scorer import as_histories, as_id_array, cf_artifact_hash, resolve_device
 
 
 class CFScorer:
@@ -126,7 +127,7 @@ class CFScorer:
             for s in range(0, len(items), bs):
                 u = torch.as_tensor(users[s : s + bs], dtype=torch.long, device=self.device)
                 i = torch.as_tensor(items[s : s + bs], dtype=torch.long, device=self.device)
-                h = pad_histories(hists[s : s + bs], self.history_len).to(self.device)
+                h = torch.from_numpy(pad_histories(hists[s : s + bs], self.history_len)).to(self.device)
                 out[s : s + bs] = self.backbone.score(u, i, h).detach().float().cpu().numpy().reshape(-1)
                 if progress is not None:
                     progress(len(u))

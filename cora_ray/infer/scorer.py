@@ -41,6 +41,13 @@ from cora_ray.checkpoint import (
 )
 from cora_ray.config import ExperimentConfig, from_dict
 from cora_ray.data import protocol
+from cora_ray.data.batching import (
+    length_order,
+    model_batch,
+    pad_histories,
+    prompt_lengths,
+    title_char_costs,
+)
 from cora_ray.errors import ArtifactMismatchError, DataError, ModelError
 from cora_ray.infer.remote_code import require_consent
 
@@ -100,16 +107,6 @@ def as_histories(histories: Any, n: int) -> list[list[int]]:
     if len(rows) != n:
         raise DataError(f"histories: {len(rows)} given for {n} rows")
     return rows
-
-
-def pad_histories(histories: Sequence[Sequence[int]], length: int = protocol.HISTORY_LEN) -> torch.Tensor:
-    """(B, length) int64: each history's last `length` items, oldest first, left-padded with 0."""
-    out = torch.zeros((len(histories), length), dtype=torch.long)
-    for b, h in enumerate(histories):
-        h = list(h)[-length:] if length else []
-        if h:
-            out[b, length - len(h) :] = torch.as_tensor(h, dtype=torch.long)
-    return out
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -398,13 +395,7 @@ class Scorer:
     def _encode(
         self, users: np.ndarray, items: np.ndarray, hists: Sequence[Sequence[int]]
     ) -> dict[str, torch.Tensor]:
-        batch = self.encoder.encode(
-            [np.asarray(h, dtype=np.int64) for h in hists], items, return_tensors="pt"
-        )
-        batch["user_id"] = torch.as_tensor(users, dtype=torch.long)
-        batch["item_id"] = torch.as_tensor(items, dtype=torch.long)
-        batch["history"] = pad_histories(hists)
-        return batch
+        return model_batch(self.encoder, users, items, hists)  # the training path's collate, same ids
 
     def score_encoded(self, batch: dict[str, torch.Tensor], G: torch.Tensor | None = None) -> np.ndarray:
         """One forward pass over an encoded batch → (B,) float32 logits. `G` (B, d_model, r) overrides the
@@ -437,7 +428,7 @@ class Scorer:
             raise ModelError(f"method {self.method!r} has no collaborative weights (G)")
         users = as_id_array(user_ids, "user_ids")
         items = as_id_array(item_ids, "item_ids")
-        hist = pad_histories(as_histories(histories, len(items)))
+        hist = torch.from_numpy(pad_histories(as_histories(histories, len(items))))
         with torch.inference_mode():
             return self.model.compute_G(
                 torch.as_tensor(users, dtype=torch.long, device=self.device),
@@ -450,18 +441,11 @@ class Scorer:
 
     def bucket_order(self, item_ids: np.ndarray, histories: Sequence[Sequence[int]]) -> np.ndarray:
         """A row order by prompt length (the encoder's per-title token counts of the target and of the last
-        `max_history` history items), so that each batch pads little. Stable."""
+        `max_history` history items: `batching.prompt_lengths`), so that each batch pads little. Stable."""
         costs = getattr(self.encoder, "title_costs", None)
         if costs is None:  # an encoder without token counts: title characters
-            costs = np.array([len(t) + 4 for t in self.titles], dtype=np.int64)
-        costs = np.asarray(costs, dtype=np.int64)
-        k = self.max_history
-        lengths = costs[item_ids] + np.fromiter(
-            (int(costs[np.asarray(h[-k:] if k else [], dtype=np.int64)].sum()) for h in histories),
-            dtype=np.int64,
-            count=len(item_ids),
-        )
-        return np.argsort(lengths, kind="stable")
+            costs = title_char_costs(self.titles)
+        return length_order(prompt_lengths(costs, item_ids, histories, self.max_history))
 
     def score(
         self,
@@ -510,7 +494,7 @@ class Scorer:
                 g = g_provider(
                     torch.as_tensor(u, dtype=torch.long),
                     torch.as_tensor(i, dtype=torch.long),
-                    pad_histories(h),
+                    torch.from_numpy(pad_histories(h)),
                 )
             out[idx] = self.score_encoded(batch, G=g)
             if progress is not None:

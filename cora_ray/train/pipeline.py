@@ -12,10 +12,12 @@
 - `read_parquet` streams the split's parts (local or s3://, pyarrow filesystem passed explicitly so that the
   endpoint reaches every read task); rows are never collected in one process.
 - Titles are attached and prompts built + tokenised by the project's `PromptEncoder` inside `map_batches`
-  on CPU actors, overlapped with training.
-- Each map batch is padded to its own longest prompt, so rows from different map batches differ in length:
-  `collate_left_padded` strips every row back to its real tokens (attention_mask) and left-pads the
-  training batch to its own longest row (dynamic padding).
+  on CPU actors, overlapped with training (cora_ray/data/batching.py `encode_rows`).
+- Rows travel through the object store unpadded: `input_ids` is a list<int32> column, each row its own
+  length, and CoLLM's `user_pos` / `item_pos` are indices inside the row. Nothing is padded to
+  `prompt.max_prompt_tokens`.
+- Each training batch is left-padded once, in the worker, to its own longest row (`batching.collate`, via
+  `iter_model_batches`' collate_fn): the same function the scorer uses, so both build identical input_ids.
 - `TrainDataConfig` splits "train" into equal shards (every worker takes the same number of steps per epoch)
   and "valid" into unequal ones (`equal=True` would drop rows to even the shards: each validation row must
   be scored exactly once).
@@ -30,11 +32,10 @@ import numpy as np
 
 from cora_ray import storage
 from cora_ray.data import protocol
+from cora_ray.data.batching import collate, to_arrow
 from cora_ray.errors import DataError
 
 READ_COLUMNS = ["user_id", "item_id", "label", "history"]
-TOKEN_COLUMNS = ("input_ids", "attention_mask")
-POSITION_COLUMNS = ("user_pos", "item_pos")  # CoLLM placeholders: token positions inside input_ids
 
 
 def row_keys(user_id: np.ndarray, item_id: np.ndarray) -> np.ndarray:
@@ -63,31 +64,21 @@ def _keep_rows(batch: dict[str, np.ndarray], keys: np.ndarray) -> dict[str, np.n
 
 
 class EncodePrompts:
-    """map_batches UDF (an actor: the tokenizer is built once): numpy rows → model inputs.
+    """map_batches UDF (an actor: the tokenizer is built once): numpy rows → unpadded token rows (Arrow).
 
     `encoder_factory()` returns the project's PromptEncoder (or anything with the same call: a dict of numpy
-    columns user_id, item_id, label, history → a dict with input_ids, attention_mask, user_id, item_id,
-    label, history, [user_pos, item_pos])."""
+    columns user_id, item_id, label, history → `batching.encode_rows`' columns: input_ids one token array per
+    row, user_id, item_id, label, history, [user_pos, item_pos])."""
 
     def __init__(self, encoder_factory: Any) -> None:
         self.encoder = encoder_factory()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         out = self.encoder(batch)
-        missing = [c for c in (*TOKEN_COLUMNS, "user_id", "item_id", "label") if c not in out]
+        missing = [c for c in ("input_ids", "user_id", "item_id", "label") if c not in out]
         if missing:
             raise DataError(f"prompt encoder output lacks column(s) {missing}; got {sorted(out)}")
-        return _as_row_arrays(out)
-
-
-def _as_row_arrays(out: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Columns as numpy arrays with rows first (tensors and lists converted)."""
-    result = {}
-    for k, v in out.items():
-        if hasattr(v, "detach"):
-            v = v.detach().cpu().numpy()
-        result[k] = np.asarray(v)
-    return result
+        return to_arrow(out)
 
 
 def split_dataset(
@@ -133,51 +124,10 @@ def split_dataset(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _rows(column: np.ndarray) -> list[np.ndarray]:
-    """A token column as a list of 1-D arrays (a 2-D array or an object array of ragged rows)."""
-    if column.dtype == object:
-        return [np.asarray(r) for r in column]
-    return list(column)
-
-
-def collate_left_padded(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, Any]:
-    """numpy batch → dict of torch tensors, token columns re-padded on the left to this batch's longest row.
-
-    Placeholder positions (CoLLM's user_pos / item_pos, absolute indices into the padded row) move with the
-    padding: new = old - old_pad + new_pad."""
-    import torch
-
-    ids_rows = _rows(batch["input_ids"])
-    mask_rows = _rows(batch["attention_mask"])
-    lengths = [int(np.asarray(m).sum()) for m in mask_rows]
-    width = max(lengths) if lengths else 0
-    n = len(ids_rows)
-    ids = np.full((n, width), pad_id, dtype=np.int64)
-    mask = np.zeros((n, width), dtype=np.int64)
-    old_pad = np.zeros(n, dtype=np.int64)
-    for r, (row, m, length) in enumerate(zip(ids_rows, mask_rows, lengths, strict=True)):
-        m = np.asarray(m).astype(bool)
-        ids[r, width - length :] = np.asarray(row)[m]
-        mask[r, width - length :] = 1
-        old_pad[r] = len(m) - length
-    new_pad = width - np.asarray(lengths, dtype=np.int64)
-    out: dict[str, Any] = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-    for k, v in batch.items():
-        if k in TOKEN_COLUMNS:
-            continue
-        if k in POSITION_COLUMNS:
-            pos = np.array(v, dtype=np.int64)
-            shift = (new_pad - old_pad).reshape((-1,) + (1,) * (pos.ndim - 1))
-            out[k] = torch.from_numpy(np.where(pos >= 0, pos + shift, pos))
-        elif k == "label":
-            out[k] = torch.from_numpy(np.array(v, dtype=np.float32))  # a writable copy
-        elif v.dtype == object:
-            out[k] = torch.from_numpy(np.stack([np.asarray(x, dtype=np.int64) for x in v]))
-        elif np.issubdtype(v.dtype, np.integer) or v.dtype == bool:
-            out[k] = torch.from_numpy(np.array(v, dtype=np.int64))
-        else:
-            out[k] = torch.from_numpy(np.array(v))
-    return out
+def collate_left_padded(batch: dict[str, Any], pad_id: int) -> dict[str, Any]:
+    """A numpy batch of token rows → dict of torch tensors left-padded to this batch's longest row
+    (`cora_ray.data.batching.collate`; kept under this name for the worker, tests and benches)."""
+    return collate(batch, pad_id)
 
 
 def _collate_fn(pad_id: int):

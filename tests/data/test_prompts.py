@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from cora_ray.config import PromptConfig
-from cora_ray.data.prompts import (
-    PromptEncoder,
-    build_prompt,
-    format_history,
-    history_arrays,
-    pad_history,
-    trim_left_padding,
-)
+from cora_ray.data.batching import history_arrays
+from cora_ray.data.prompts import PromptEncoder, build_prompt, format_history
 from cora_ray.errors import ConfigError, DataError
 from cora_ray.llm.tiny import tiny_tokenizer
 
@@ -229,7 +223,7 @@ def test_collab_placeholders_positions_point_at_the_placeholder_tokens(tokenizer
     assert mask.sum(1).max() <= 90
 
 
-def test_ray_batch_call_gives_fixed_shapes(tokenizer):
+def test_ray_batch_call_gives_unpadded_rows(tokenizer):
     cfg = PromptConfig(max_prompt_tokens=120)
     enc = PromptEncoder(tokenizer, cfg, TITLES, collab_placeholders=True)
     history = np.empty(3, dtype=object)
@@ -244,7 +238,6 @@ def test_ray_batch_call_gives_fixed_shapes(tokenizer):
     out = enc(batch)
     assert set(out) == {
         "input_ids",
-        "attention_mask",
         "user_id",
         "item_id",
         "label",
@@ -252,32 +245,21 @@ def test_ray_batch_call_gives_fixed_shapes(tokenizer):
         "user_pos",
         "item_pos",
     }
-    assert out["input_ids"].shape == out["attention_mask"].shape == (3, 120)
+    # unpadded: one token array per row, its own length (batching.collate pads a training batch)
+    assert len(out["input_ids"]) == 3 and all(r.dtype == np.int32 for r in out["input_ids"])
     assert out["history"].shape == (3, 25) and out["history"].dtype == np.int64
     assert out["history"][0].tolist() == [0] * 23 + [1, 3] and not out["history"][1].any()
     assert out["history"][2].tolist() == (np.arange(6, 31) % 12 + 1).tolist()  # the last 25
     assert out["label"].dtype == np.float32 and out["label"].tolist() == [1.0, 0.0, 1.0]
     assert out["user_id"].dtype == np.int64 and out["item_id"].tolist() == [2, 1, 8]
     small = enc.encode(batch["history"], batch["item_id"])
-    assert np.array_equal(out["input_ids"][:, -small["input_ids"].shape[1] :], small["input_ids"])
+    for row, padded, mask in zip(out["input_ids"], small["input_ids"], small["attention_mask"], strict=True):
+        assert row.tolist() == padded[mask.astype(bool)].tolist()
+    shift = small["input_ids"].shape[1] - np.array([len(r) for r in out["input_ids"]])
+    assert (out["user_pos"] + shift).tolist() == small["user_pos"].tolist()
+    assert (out["item_pos"] + shift).tolist() == small["item_pos"].tolist()
     with pytest.raises(DataError, match="no 'label' column"):
         enc({k: v for k, v in batch.items() if k != "label"})
-
-
-def test_trim_left_padding_drops_shared_padding_and_shifts_positions(tokenizer):
-    enc = PromptEncoder(tokenizer, PromptConfig(max_prompt_tokens=120), TITLES, collab_placeholders=True)
-    fixed = enc.encode([[1, 3], []], [2, 1], pad_to=120)
-    tight = enc.encode([[1, 3], []], [2, 1])
-    trimmed = trim_left_padding(fixed)
-    for key in ("input_ids", "attention_mask", "user_pos", "item_pos"):
-        assert np.array_equal(trimmed[key], tight[key])
-    as_torch = trim_left_padding({k: torch.from_numpy(v) for k, v in fixed.items()})
-    assert torch.equal(as_torch["input_ids"], torch.from_numpy(tight["input_ids"]))
-    assert torch.equal(as_torch["user_pos"], torch.from_numpy(tight["user_pos"]))
-
-
-def test_pad_history_left_pads_with_zero():
-    assert pad_history([[3, 4], [1, 2, 3, 4, 5]], length=4).tolist() == [[0, 0, 3, 4], [2, 3, 4, 5]]
 
 
 def test_encoding_a_large_varied_batch_respects_the_token_limit(tokenizer):

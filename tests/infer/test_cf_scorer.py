@@ -8,9 +8,9 @@ import torch
 
 from cora_ray.cf import load_cf_artifact
 from cora_ray.data import protocol
+from cora_ray.data.batching import pad_histories
 from cora_ray.errors import ArtifactMismatchError, ModelError
 from cora_ray.infer.cf_scorer import CFScorer
-from cora_ray.infer.scorer import pad_histories
 
 
 def test_cf_scores_are_the_backbone_logits(tiny_artifacts):
@@ -19,7 +19,7 @@ def test_cf_scores_are_the_backbone_logits(tiny_artifacts):
     u, i, h = t["user_id"].to_numpy(), t["item_id"].to_numpy(), t["history"].to_pylist()
     mf = load_cf_artifact(tiny_artifacts.cf_uri)
     with torch.inference_mode():
-        ref = mf.score(torch.tensor(u), torch.tensor(i), pad_histories(h)).numpy()
+        ref = mf.score(torch.tensor(u), torch.tensor(i), torch.from_numpy(pad_histories(h))).numpy()
     np.testing.assert_allclose(scorer.score(u, i, h), ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(
         scorer.score_rows({"user_id": u, "item_id": i, "history": h}), ref, rtol=1e-6, atol=1e-6

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from cora_ray.data import protocol
+from cora_ray.data.batching import pad_histories
 from cora_ray.errors import ArtifactMismatchError, DataError, ModelError, StorageError
-from cora_ray.infer.scorer import Scorer, pad_histories
+from cora_ray.infer.scorer import Scorer
 
 
 def rows(art, split="test"):
@@ -72,7 +73,7 @@ def test_supplied_G_equals_generated_G_and_zero_G_is_the_plain_llm(cora, tiny_ar
 def test_compute_G_matches_the_model(cora, tiny_artifacts):
     u, i, h, _ = rows(tiny_artifacts)
     with torch.inference_mode():
-        ref = cora.model.compute_G(torch.tensor(u), torch.tensor(i), pad_histories(h))
+        ref = cora.model.compute_G(torch.tensor(u), torch.tensor(i), torch.from_numpy(pad_histories(h)))
     torch.testing.assert_close(cora.compute_G(u, i, h), ref)
 
 
@@ -91,7 +92,7 @@ def test_histories_in_any_form_give_the_same_scores(cora, tiny_artifacts):
     u, i, h = u[:9], i[:9], h[:9]
     a = cora.score(u, i, h)
     np.testing.assert_allclose(
-        cora.score(list(u), torch.as_tensor(i), pad_histories(h).numpy()), a, atol=1e-6
+        cora.score(list(u), torch.as_tensor(i), pad_histories(h)), a, atol=1e-6
     )
     np.testing.assert_allclose(
         cora.score_rows({"user_id": u, "item_id": i, "history": np.array(h, dtype=object)}), a, atol=1e-6

@@ -1,4 +1,5 @@
-"""The pieces of the ingest that run without Ray: dynamic left padding, the validation sample, row keys."""
+"""The pieces of the ingest that run without Ray: padding each batch to its own longest row, the validation
+sample, row keys."""
 
 from __future__ import annotations
 
@@ -7,24 +8,29 @@ import numpy as np
 from cora_ray.train.pipeline import _keep_rows, collate_left_padded, row_keys, sample_keys
 
 
-def test_collate_repads_rows_from_differently_padded_blocks_to_the_batch_width():
-    # two map batches padded to 6 and 4 columns, as Ray Data hands them over (object array of rows)
+def test_collate_pads_unpadded_rows_once_to_the_batch_width():
+    # rows of three lengths as Ray Data hands a list<int32> column over (object array of rows, no padding)
     ids = np.empty(3, dtype=object)
-    ids[:] = [np.array([0, 0, 0, 5, 6, 7]), np.array([0, 0, 8, 9, 10, 11]), np.array([0, 12, 13, 14])]
-    mask = np.empty(3, dtype=object)
-    mask[:] = [np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 1, 1, 1, 1]), np.array([0, 1, 1, 1])]
+    ids[:] = [
+        np.array([5, 6, 7], np.int32),
+        np.array([8, 9, 10, 11], np.int32),
+        np.array([12, 13, 14], np.int32),
+    ]
+    history = np.empty(3, dtype=object)
+    history[:] = [np.array([0, 1]), np.array([2, 3]), np.array([0, 0])]
     batch = {
         "input_ids": ids,
-        "attention_mask": mask,
         "user_id": np.array([1, 2, 3], dtype=np.int32),
         "item_id": np.array([4, 5, 6], dtype=np.int32),
         "label": np.array([1, 0, 1], dtype=np.int8),
-        "user_pos": np.array([3, 2, 1]),  # the first real token of each row, in its own padding
+        "history": history,
+        "user_pos": np.array([0, 0, 0]),  # the first token of each row, inside the row
     }
     out = collate_left_padded(batch, pad_id=0)
     assert out["input_ids"].tolist() == [[0, 5, 6, 7], [8, 9, 10, 11], [0, 12, 13, 14]]
     assert out["attention_mask"].tolist() == [[0, 1, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]]
     assert out["user_pos"].tolist() == [1, 0, 1]  # still the first real token
+    assert out["history"].tolist() == [[0, 1], [2, 3], [0, 0]]
     assert out["label"].dtype.is_floating_point and out["user_id"].tolist() == [1, 2, 3]
 
 
