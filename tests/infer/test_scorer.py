@@ -91,9 +91,7 @@ def test_histories_in_any_form_give_the_same_scores(cora, tiny_artifacts):
     u, i, h, _ = rows(tiny_artifacts)
     u, i, h = u[:9], i[:9], h[:9]
     a = cora.score(u, i, h)
-    np.testing.assert_allclose(
-        cora.score(list(u), torch.as_tensor(i), pad_histories(h)), a, atol=1e-6
-    )
+    np.testing.assert_allclose(cora.score(list(u), torch.as_tensor(i), pad_histories(h)), a, atol=1e-6)
     np.testing.assert_allclose(
         cora.score_rows({"user_id": u, "item_id": i, "history": np.array(h, dtype=object)}), a, atol=1e-6
     )
