@@ -138,10 +138,16 @@ class CollabLinear(nn.Module):
 
 
 def _drop_coords(dropped: torch.Tensor, B: int, T: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices into x (B, T, d) → (row index into the (B·T) positions, row index into G as (B·d, r))."""
-    position = torch.div(dropped, d, rounding_mode="floor")  # b·T + t
-    g_row = torch.div(position, T, rounding_mode="floor") * d + dropped % d  # b·d + j
-    return position, g_row
+    """Flat indices into x (B, T, d) → (row index into the (B·T) positions, row index into G as (B·d, r)).
+
+    The divisions run in int32 when the indices fit: int64 division is not vectorised on CPU and costs more
+    than the whole correction (~20x here); int32 is exact below 2³¹."""
+    small = B * T * d < 2**31
+    flat = dropped.int() if small else dropped
+    position = torch.div(flat, d, rounding_mode="trunc")  # b·T + t (indices are non-negative: trunc = floor)
+    b = torch.div(position, T, rounding_mode="trunc")
+    g_row = b * d + (flat - position * d)  # b·d + j
+    return position.long(), g_row.long()
 
 
 class _CollabLinearFn(torch.autograd.Function):
@@ -167,41 +173,43 @@ class _CollabLinearFn(torch.autograd.Function):
         u = torch.bmm(x, G).view(B * T, r)  # (B·T, r)
         if dropped is not None and dropped.numel():
             position, g_row = _drop_coords(dropped, B, T, d)
-            x_dropped = x.reshape(-1).index_select(0, dropped)  # (K,)
-            u.index_add_(
-                0, position, G.reshape(B * d, r).index_select(0, g_row) * x_dropped[:, None], alpha=-1
-            )
+            x_dropped = x.reshape(-1).index_select(0, dropped)[:, None]  # (K, 1)
+            G_dropped = G.reshape(B * d, r).index_select(
+                0, g_row
+            )  # (K, r): G[b, j, :] per dropped x[b, t, j]
+            u.index_add_(0, position, G_dropped * -x_dropped)
+            # kept for backward: K-sized index and value vectors (G_dropped, K × r, is gathered again instead)
+            sparse = (dropped, position, g_row, x_dropped)
         else:
-            dropped = None
+            sparse = ()
         y.addmm_(u, P.t(), alpha=scale)
-        ctx.save_for_backward(x, weight, G, P, u, dropped)
+        ctx.save_for_backward(x, weight, G, P, u, *sparse)
         ctx.scale = scale
         ctx.has_bias = bias is not None
         return y.view(B, T, out_features)
 
     @staticmethod
     def backward(ctx, grad_y):  # noqa: D102
-        x, weight, G, P, u, dropped = ctx.saved_tensors
+        x, weight, G, P, u, *sparse = ctx.saved_tensors
         B, T, d = x.shape
         r = G.shape[-1]
         g2 = grad_y.reshape(B * T, -1)  # (B·T, out)
         grad_u = torch.mm(g2, P).mul_(ctx.scale)  # (B·T, r): ∂loss/∂(masked x G)
         grad_P = torch.mm(g2.t(), u).mul_(ctx.scale) if ctx.needs_input_grad[4] else None  # (out, r)
         grad_x = grad_G = None
-        if dropped is not None:
-            position, g_row = _drop_coords(dropped, B, T, d)
+        if sparse:
+            dropped, position, g_row, x_dropped = sparse
             grad_u_dropped = grad_u.index_select(0, position)  # (K, r)
         if ctx.needs_input_grad[0]:
             grad_x = torch.mm(g2, weight).view(B, T, d)  # the frozen layer's part
             grad_x.baddbmm_(grad_u.view(B, T, r), G.transpose(1, 2))  # + the rank-r part, in place
-            if dropped is not None:  # the dropped positions got no rank-r gradient
-                rows = G.reshape(B * d, r).index_select(0, g_row)  # (K, r)
-                grad_x.view(-1).index_add_(0, dropped, (grad_u_dropped * rows).sum(1), alpha=-1)
+            if sparse:  # the dropped positions got no rank-r gradient
+                G_dropped = G.reshape(B * d, r).index_select(0, g_row)  # (K, r)
+                grad_x.view(-1).index_add_(0, dropped, (grad_u_dropped * G_dropped).sum(1).neg_())
         if ctx.needs_input_grad[3]:
             grad_G = torch.bmm(x.transpose(1, 2), grad_u.view(B, T, r))  # (B, d, r)
-            if dropped is not None:
-                x_dropped = x.reshape(-1).index_select(0, dropped)
-                grad_G.view(B * d, r).index_add_(0, g_row, grad_u_dropped * x_dropped[:, None], alpha=-1)
+            if sparse:
+                grad_G.view(B * d, r).index_add_(0, g_row, grad_u_dropped * -x_dropped)
         return grad_x, None, None, grad_G, grad_P, None, None
 
 
