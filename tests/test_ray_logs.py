@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 import warnings
 
 from ray._private.ray_logging import WorkerStandardStreamDispatcher
@@ -66,6 +67,19 @@ def test_worker_hook_quiets_rays_life_cycle_info_but_not_its_warnings_or_failure
         executor.info("✔️  Dataset train_0357_0 execution finished in 61.54 seconds")
         executor.info("⚠️  Dataset train_0357_0 execution failed")
     assert [r.getMessage() for r in caplog.records] == ["⚠️  Dataset train_0357_0 execution failed"]
-    assert not group.isEnabledFor(logging.INFO) and group.isEnabledFor(logging.WARNING)
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "incremental": False,
+            "disable_existing_loggers": False,
+            "loggers": {"ray.train": {"level": "INFO"}},
+        }
+    )  # what Ray Train's set-up does
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=ray_setup.TRAIN_LIFECYCLE_LOGGERS[1]):
+        group.info("Started training worker group of size 1")
+        group.warning("worker group failed to start")
+    assert [r.getMessage() for r in caplog.records] == ["worker group failed to start"]
+    group.filters.clear()
     executor.filters.clear()
     logging.getLogger(ray_setup.PROGRESS_BARS_LOGGER).filters.clear()

@@ -49,6 +49,26 @@ class _DropMatching(logging.Filter):
         return not self.pattern.match(record.getMessage())
 
 
+class _DropBelow(logging.Filter):
+    """Drops the records of one logger below `level`. A filter, not `setLevel`: Ray Train's own logging set-up
+    (logging.config.dictConfig on "ray.train") resets the level of every existing "ray.train.*" logger, while
+    it keeps their filters."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+def _raise_to(logger_name: str, level: int) -> None:
+    logger = logging.getLogger(logger_name)
+    logger.setLevel(level)
+    if not any(isinstance(f, _DropBelow) for f in logger.filters):
+        logger.addFilter(_DropBelow(level))
+
+
 def _drop(logger_name: str, pattern: str | re.Pattern) -> None:
     logger = logging.getLogger(logger_name)
     if not any(isinstance(f, _DropMatching) for f in logger.filters):
@@ -57,9 +77,9 @@ def _drop(logger_name: str, pattern: str | re.Pattern) -> None:
 
 def quiet_known_harmless_ray_logs() -> None:
     """The worker-process set-up: silence the known-harmless Ray messages of the module docstring."""
-    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
+    _raise_to(PLACEMENT_GROUP_CLEANER_LOGGER, logging.ERROR)
     for name in TRAIN_LIFECYCLE_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        _raise_to(name, logging.WARNING)
     _drop(PROGRESS_BARS_LOGGER, re.escape(PROGRESS_BARS_DISABLED))
     _drop(STREAMING_EXECUTOR_LOGGER, DATASET_FINISHED)
     warnings.filterwarnings("ignore", message=EXCLUDE_RESOURCES_DEPRECATION)
