@@ -69,3 +69,38 @@ def test_trainable_base_layer_keeps_its_gradients():
     with ctx.use(torch.randn(3, 16, 4)):
         layer(torch.randn(3, 5, 16)).sum().backward()
     assert layer.base_layer.weight.grad is not None and layer.P.grad is not None
+
+
+class _AutogradPath(CollabLinear):
+    """The reference: the same layer through autograd's own ops."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        G = self.context.G
+        if G is None:
+            return self.base_layer(x)
+        return self._forward_unfused(x, x.reshape(x.shape[0], -1, x.shape[-1]), G, self.P)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_cora_scores_and_gradients_equal_the_autograd_path_with_dropout(tiny, checkpointing):
+    from cora_ray.model.cora import CoRAModel
+
+    batch = tiny.batch()
+    results = []
+    for cls in (CollabLinear, _AutogradPath):
+        model = CoRAModel(tiny.llm(0), tiny.cf(), tiny.config("cora", dropout=0.2))
+        tiny.randomize_P(model)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        model.generator.eval()  # the collaborative layers' dropout only: both paths draw the same positions
+        for layer in model.collab_layers.values():
+            layer.__class__ = cls
+        torch.manual_seed(5)
+        scores = model(batch)
+        scores.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((scores.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    for n, g in results[1][1].items():
+        torch.testing.assert_close(results[0][1][n], g, atol=1e-5, rtol=1e-4, msg=n)
