@@ -1,7 +1,18 @@
-"""Training throughput (1 vs 2 workers) and the Ray Data pipeline's rows/s against what training consumes.
+"""Training throughput (1 vs 2 workers), the Ray Data pipeline's rows/s against what training consumes, and
+the end-to-end ratio: what the Ray Train loop delivers against the model's own training step.
 
     python bench/bench_train.py                      # real ML-1M + bundled SmolLM2 (configs/demo.yaml settings)
     python bench/bench_train.py --steps 6 --skip-pipeline
+    python bench/bench_train.py --e2e --steps 12     # bench/results/train_e2e.{json,md} only
+
+`--e2e` (one process, one run): the model-only step — the same model, AdamW and clipping as the worker, in
+plain PyTorch (no Ray, no DeepSpeed, no data pipeline) — on micro-batches drawn from the run's own training
+dataset (Ray Data prompts, shuffle, tokenisation and the worker's collate: same rows' lengths, same batch
+size, same torch threads), then a 1-worker Ray Train run (`jobs/train.py`'s path) of as many steps; goal:
+end-to-end samples/s / model-only samples/s >= 0.9. End-to-end samples/s is taken from progress.jsonl's
+wall-clock times between the first and last training step (the first step, which waits for the pipeline's
+start-up, is excluded), so every per-step cost of the loop — data wait, DeepSpeed, the loss all-reduce,
+progress writes — is in it.
 
 Writes bench/results/train_throughput.{json,md} (samples/s of 2 workers vs 1 worker, same global batch per
 worker) and bench/results/train_pipeline.{json,md} (Ray Data read + prompt building + tokenisation rows/s vs
@@ -60,16 +71,146 @@ def train_run(config: str, workers: int, steps: int, storage: Path, extra: list[
     train = [r for r in records if r["type"] == "train"]
     start = next(r for r in records if r["type"] == "start")
     step_times = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(train, train[1:], strict=False)]
+    wall_span = train[-1]["elapsed_s"] - train[0]["elapsed_s"] if len(train) > 1 else float("nan")
+    samples_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * workers
     return {
         "workers": workers,
         "samples_per_s": train[-1]["samples_per_s"],
-        "samples_per_step": cfg.train.micro_batch_size * cfg.train.grad_accum_steps * workers,
+        "wall_samples_per_s": (len(train) - 1) * samples_per_step / wall_span,
+        "samples_per_step": samples_per_step,
         "median_step_s": sorted(step_times)[len(step_times) // 2] if step_times else None,
         "first_step_s": train[0]["elapsed_s"],
         "setup_s": start["setup_s"],
         "wall_s": round(wall, 1),
         "steps": len(train),
     }
+
+
+def _e2e_overrides(steps: int, storage: Path, extra: list[str]) -> list[str]:
+    return [
+        "train.num_workers=1",
+        f"train.cpu_threads_per_worker={os.cpu_count() or 1}",
+        f"train.max_steps={steps}",
+        f"train.eval_every={steps}",
+        "train.eval_limit=16",
+        "train.log_every=1",
+        f"train.storage_path={storage}",
+        *extra,
+    ]
+
+
+def training_batches(cfg: object, steps: int) -> list[dict]:
+    """The first `steps` x grad_accum micro-batches of the run's training dataset, as the worker collates them."""
+    from cora_ray.train.pipeline import iter_model_batches
+    from cora_ray.train.trainer import build_datasets, prepare_run
+
+    plan = prepare_run(cfg)
+    init_local_cluster(num_cpus=2, include_dashboard=False)
+    try:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+        t = cfg.train
+        it = iter_model_batches(
+            build_datasets(plan)["train"], batch_size=t.micro_batch_size, pad_id=plan.pad_id, drop_last=True
+        )
+        batches = [next(it) for _ in range(steps * t.grad_accum_steps)]
+        it.close()  # while Ray is up: the iterator reports its stats on close
+        return batches
+    finally:
+        shutdown_local_cluster()
+
+
+def model_only_rate(cfg: object, batches: list[dict]) -> dict:
+    """Samples/s of the bare training step on `batches` (the first optimizer step is a warm-up, not timed)."""
+    import torch
+
+    from cora_ray.cf import load_cf_artifact
+    from cora_ray.llm.loading import load_llm
+    from cora_ray.model.build import build_model, model_class
+    from cora_ray.train.deepspeed_config import build_optimizer
+
+    t = cfg.train
+    torch.set_num_threads(t.cpu_threads_per_worker)
+    torch.manual_seed(t.seed)
+    llm = load_llm(cfg.llm, "cpu", torch.float32)
+    cf = None
+    if model_class(cfg.model.method).needs_cf:
+        cf = load_cf_artifact(cfg.model.cf_artifact)
+    frozen = {id(p) for m in (llm.model, cf) if m is not None for p in m.parameters()}
+    model = build_model(cfg.model, llm, cf)
+    optimizer = build_optimizer(model, t, frozen)
+    params = model.trainable_parameters()
+    model.train()
+    step_seconds = []
+    for s in range(len(batches) // t.grad_accum_steps):
+        t0 = time.perf_counter()
+        for b in batches[s * t.grad_accum_steps : (s + 1) * t.grad_accum_steps]:
+            (model.loss(b) / t.grad_accum_steps).backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_seconds.append(time.perf_counter() - t0)
+    timed = step_seconds[1:]
+    samples = t.micro_batch_size * t.grad_accum_steps
+    widths = [int(b["input_ids"].shape[1]) for b in batches]
+    return {
+        "samples_per_s": samples * len(timed) / sum(timed),
+        "step_s": [round(x, 3) for x in step_seconds],
+        "median_step_s": sorted(timed)[len(timed) // 2],
+        "mean_padded_width": sum(widths) / len(widths),
+        "mean_real_tokens": float(sum(int(b["attention_mask"].sum()) for b in batches))
+        / sum(len(b["label"]) for b in batches),
+    }
+
+
+def e2e(config: str, steps: int, overrides: list[str]) -> dict:
+    """Model-only step vs the 1-worker Ray Train run, measured one after the other in this process."""
+    from cora_ray.config import ExperimentConfig, load_config
+    from cora_ray.train.trainer import resolve_local_paths
+
+    storage = Path(tempfile.mkdtemp(prefix="cora_bench_e2e_"))
+    cfg = resolve_local_paths(
+        load_config(ExperimentConfig, config, _e2e_overrides(steps, storage, overrides)), REPO
+    )
+    load = [round(os.getloadavg()[0], 2)]
+    model_only = model_only_rate(cfg, training_batches(cfg, steps))
+    print(f"[bench] model-only step: {model_only['samples_per_s']:.3f} samples/s", flush=True)
+    load.append(round(os.getloadavg()[0], 2))
+    run = train_run(config, 1, steps, storage, [*overrides, "train.run_name=bench-e2e"])
+    load.append(round(os.getloadavg()[0], 2))
+    print(f"[bench] Ray Train, 1 worker: {run['wall_samples_per_s']:.3f} samples/s", flush=True)
+    record = write_result(
+        "train_e2e",
+        value=run["wall_samples_per_s"],
+        baseline=model_only["samples_per_s"],
+        unit="samples/s",
+        config={
+            "config": display_uri(config, REPO),
+            "steps": steps,
+            "overrides": overrides,
+            "micro_batch_size": cfg.train.micro_batch_size,
+            "grad_accum_steps": cfg.train.grad_accum_steps,
+            "torch_threads": cfg.train.cpu_threads_per_worker,
+            "zero_stage": cfg.train.zero_stage,
+            "load_average_1m_before_model_only_before_run_after": load,
+            "model_only": model_only,
+            "ray_train": run,
+        },
+        title="End to end: Ray Train samples/s / the model-only training step's samples/s (1 worker, CPU)",
+        value_label="Ray Train + DeepSpeed run, 1 worker (wall clock between steps)",
+        baseline_label="model-only step: fwd + bwd + clip + AdamW, plain PyTorch, same rows and batch",
+        notes=(
+            "Goal: ratio >= 0.9 (issue 16 item 7). Higher is better. Both on the same shared 2-core machine, "
+            "one after the other: the load averages recorded in the config show how busy it was."
+        ),
+    )
+    record["goal"] = "ratio >= 0.9"
+    record["goal_met"] = record["ratio"] >= 0.9
+    (RESULTS / "train_e2e.json").write_text(json.dumps(record, indent=2) + "\n")
+    (RESULTS / "train_e2e.md").write_text(markdown(record))
+    return record
 
 
 def pipeline_rate(config: str, rows: int) -> dict:
@@ -118,8 +259,13 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--pipeline-rows", type=int, default=8000)
     p.add_argument("--skip-pipeline", action="store_true")
+    p.add_argument("--e2e", action="store_true", help="only the end-to-end ratio: bench/results/train_e2e.*")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
+    if args.e2e:
+        r = e2e(args.config, args.steps, args.overrides)
+        print(f"[bench] end-to-end / model-only: {r['ratio']:.3f} (goal >= 0.9)")
+        return 0
 
     storage = Path(tempfile.mkdtemp(prefix="cora_bench_train_"))
     order = ([1, 2, 2, 1] * args.repeats)[: 2 * args.repeats]
