@@ -36,7 +36,10 @@ def test_a_good_config_passes_and_plans_the_validation_rows(tiny_inputs, tmp_pat
             "history": [np.array([3, 4])],
         }
     )
-    assert out["input_ids"].shape[0] == 1 and out["attention_mask"][0, -1] == 1
+    from cora_ray.train.pipeline import collate_left_padded  # unpadded rows → one left-padded batch
+
+    batch = collate_left_padded(out, plan.pad_id)
+    assert batch["input_ids"].shape[0] == 1 and batch["attention_mask"][0, -1] == 1
 
 
 def test_missing_dataset_manifest(tiny_inputs, tmp_path):
