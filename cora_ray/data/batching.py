@@ -168,6 +168,11 @@ def collate(token_rows: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
     """Token rows (`encode_rows`' output, or a Ray Data numpy batch of it) → one model batch of tensors:
     input_ids / attention_mask (B, T) left-padded to this batch's longest row, positions shifted with the
     padding, ids and history int64, label float32."""
+    if "attention_mask" in token_rows:
+        raise DataError(
+            "collate takes unpadded token rows (cora_ray/data/batching.py encode_rows: input_ids one array "
+            "per row, no attention_mask); got an already padded batch"
+        )
     ids = _row_list(token_rows["input_ids"])
     positions = {k: token_rows[k] for k in POSITION_COLUMNS if k in token_rows}
     out: dict[str, torch.Tensor] = {

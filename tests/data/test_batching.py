@@ -25,6 +25,7 @@ from cora_ray.data.batching import (
     to_arrow,
 )
 from cora_ray.data.prompts import PromptEncoder
+from cora_ray.errors import DataError
 from cora_ray.infer.scorer import Scorer
 from cora_ray.llm.tiny import tiny_tokenizer
 from cora_ray.train.pipeline import EncodePrompts, collate_left_padded
@@ -169,3 +170,13 @@ def test_arrow_rows_round_trip_without_padding(tokenizer):
     assert table["input_ids"].combine_chunks().value_lengths().to_pylist() == [
         len(r) for r in rows["input_ids"]
     ]
+
+
+def test_collate_refuses_an_already_padded_batch():
+    padded = {
+        "input_ids": np.array([[0, 5, 6]]),
+        "attention_mask": np.array([[0, 1, 1]]),
+        "user_id": np.array([1]),
+    }
+    with pytest.raises(DataError, match="unpadded token rows"):
+        collate(padded, pad_id=0)

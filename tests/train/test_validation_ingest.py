@@ -22,16 +22,12 @@ class CountingShard:
         for start in range(0, self.rows, batch_size):
             n = min(batch_size, self.rows - start)
             ids = np.arange(start, start + n)
-            width = 2 + ids % 3  # rows of different lengths, each left-padded differently
-            tokens = np.zeros((n, 6), dtype=np.int64)
-            mask = np.zeros((n, 6), dtype=np.int64)
-            for r, w in enumerate(width):
-                tokens[r, 6 - w :] = 10 + r
-                mask[r, 6 - w :] = 1
+            width = 2 + ids % 3  # rows of different lengths, unpadded (a list<int32> column)
+            tokens = np.empty(n, dtype=object)
+            tokens[:] = [np.full(w, 10 + r, dtype=np.int32) for r, w in enumerate(width)]
             yield collate_fn(
                 {
                     "input_ids": tokens,
-                    "attention_mask": mask,
                     "user_id": ids,
                     "item_id": ids + 1000,
                     "label": (ids % 2).astype(np.float32),
