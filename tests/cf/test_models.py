@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -133,17 +131,14 @@ def test_lightgcn_graph_choice(syn_data, fast_cfg):
 
 @pytest.mark.parametrize("backbone", ["mf", "lightgcn", "sasrec"])
 def test_each_backbone_learns_the_synthetic_ground_truth(syn_data, fast_cfg, backbone):
-    t0 = time.perf_counter()
     extra = ["train.batch_size=512"] if backbone == "sasrec" else []  # fewer, larger steps: ~2x faster
     result = train_cf(fast_cfg(backbone, *extra), syn_data, log=None)
-    seconds = time.perf_counter() - t0
     test = result.metrics["test"]
     # random scoring gives 0.5 ± 0.01 on these ~4.8k test rows; the noise-free ground truth gives ~0.88
     floor = {"mf": 0.65, "lightgcn": 0.65, "sasrec": 0.56}[backbone]
     assert test["auc"] > floor, (backbone, result.metrics)
     assert result.metrics["valid"]["auc"] > floor
     assert result.best_epoch >= 1 and len(result.history) == result.epochs_run
-    assert seconds < 300  # ~10-30 s on an idle 2-core machine; generous for a shared one
     # the returned model is the best epoch's, in eval mode, and scores deterministically
     assert not result.model.training
     again = evaluate(result.model, syn_data.splits["test"])

@@ -147,4 +147,3 @@ def test_job_refuses_bad_input_before_ray_starts(tiny_inputs, tmp_path):
     r, _ = _job(["--config", str(cfg_file), *tiny_inputs.overrides(tmp_path), "--check"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "checks passed" in r.stdout
-    assert seconds < 120
