@@ -278,8 +278,10 @@ class Progress:
                 f"uauc {self.last_valid.get('valid_uauc', float('nan')):.4f} "
                 f"(best {self.best_auc:.4f} @ {self.best_step})"
             )
+        # the first step after a (re)start includes the pipeline's start-up and is not counted: no rate yet
+        rate = f"{self.samples_per_second():.2f}" if self._train_steps else "-"
         return (
-            f"[train] step {step}/{self.max_steps} | {self.samples_per_second():.2f} samples/s | loss {loss:.4f} | "
+            f"[train] step {step}/{self.max_steps} | {rate} samples/s | loss {loss:.4f} | "
             f"lr {lr:.2e} | {valid} | eta {format_duration(self.eta_seconds(step))}"
         )
 
