@@ -26,14 +26,27 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 # Validation and the Scorer run the same bf16 model on the same rows but batch them differently (training:
 # micro-batches of 8 in shard order; the Scorer: 16 rows bucketed by length), so rows are padded to other
-# lengths. Measured on this CPU: the scores are identical (max |diff| 0: masked padding adds exact zeros and
-# each row's products do not depend on the other rows). The bound allows for kernels that pick another
-# summation order per batch shape, and stays below what fp32 scoring of the same checkpoint changes
-# (measured 0.003-0.005 in two runs, asserted > SCORE_ATOL below), so it tells a bf16 run from an fp32 one. Loss and AUC
-# follow from the scores: the mean BCE within 1e-3; the AUC within 1e-9 (the same ranking).
-SCORE_ATOL = 1e-3
+# lengths and the CPU kernels may sum in another order. A score is a bf16 value (h @ w in bf16), so such a
+# difference shows up as whole bf16 steps: measured 0 on most rows and one step (0.00098 at |score| in
+# [0.125, 0.25)) on one or two of 48. Bound: BF16_STEPS steps at the score's magnitude (a bf16 value v has
+# 8 significant bits: steps of 2^(floor(log2|v|) - 7)), and most rows exact. The loss follows within 1e-3;
+# the AUC can move only through the rows whose score moved: at most (moved positives / positives + moved
+# negatives / negatives), each moved row being compared with every row of the other label.
+BF16_STEPS = 4
+MIN_EXACT_SHARE = 0.75
 LOSS_TOL = 1e-3
-AUC_TOL = 1e-9
+
+
+def bf16_step(values: np.ndarray) -> np.ndarray:
+    """The spacing of bf16 numbers at |values| (2^(e - 7) for |v| in [2^e, 2^(e+1)))."""
+    magnitude = np.maximum(np.abs(values.astype(np.float64)), 2.0**-126)
+    return 2.0 ** (np.floor(np.log2(magnitude)) - 7)
+
+
+def is_bf16(values: np.ndarray) -> np.ndarray:
+    """True where a float32 value is exactly a bf16 number (the output of a bf16 computation is)."""
+    t = torch.from_numpy(values.astype(np.float32))
+    return (t.to(torch.bfloat16).to(torch.float32) == t).numpy()
 
 
 def test_bf16_zero3_two_workers_trains_fp32_masters_and_scores_like_validation(
@@ -84,20 +97,27 @@ def test_bf16_zero3_two_workers_trains_fp32_masters_and_scores_like_validation(
     scores = scorer.score(valid["user_id"], valid["item_id"], histories_of(cfg, valid))
     diff = np.abs(scores - valid["score"])
     print(f"bf16 Scorer vs validation: max |score diff| {diff.max():.4g}, mean {diff.mean():.4g}")
-    np.testing.assert_allclose(scores, valid["score"], rtol=0, atol=SCORE_ATOL)
+    assert np.all(diff <= BF16_STEPS * bf16_step(valid["score"])), (diff, valid["score"])
+    assert (diff == 0).mean() >= MIN_EXACT_SHARE, (
+        f"only {(diff == 0).mean():.0%} of the rows score exactly alike"
+    )
     labels = valid["label"]
     loss = torch.nn.functional.binary_cross_entropy_with_logits(
         torch.from_numpy(scores.astype(np.float64)), torch.from_numpy(labels.astype(np.float64))
     ).item()
     assert loss == pytest.approx(manifest["metrics"]["valid_loss"], abs=LOSS_TOL)
-    assert auc(labels, scores) == pytest.approx(manifest["metrics"]["valid_auc"], abs=AUC_TOL)
+    moved = diff > 0
+    positives, negatives = (labels == 1), (labels == 0)
+    auc_tol = moved[positives].sum() / positives.sum() + moved[negatives].sum() / negatives.sum() + 1e-12
+    assert auc(labels, scores) == pytest.approx(manifest["metrics"]["valid_auc"], abs=auc_tol)
 
-    # bf16 did run: the same checkpoint in fp32 scores differently by more than the bound (the trainables are
-    # the same fp32 tensors in both, so the difference is the bf16 LLM's rounding)
+    # bf16 did run: every bf16 Scorer score (and every score validation recorded) is a bf16 number, while the
+    # same checkpoint scored in fp32 gives fp32 values (the trainables are the same fp32 tensors in both)
+    assert is_bf16(scores).all() and is_bf16(valid["score"]).all()
     fp32 = Scorer.from_checkpoint(str(ckpt), dtype="float32")
     fp32_scores = fp32.score(valid["user_id"], valid["item_id"], histories_of(cfg, valid))
     print(f"bf16 vs fp32 Scorer: max |score diff| {np.abs(fp32_scores - scores).max():.4g}")
-    assert np.abs(fp32_scores - scores).max() > SCORE_ATOL
+    assert is_bf16(fp32_scores).mean() < 0.5
 
 
 def histories_of(cfg, rows) -> list:
