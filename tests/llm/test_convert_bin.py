@@ -22,6 +22,7 @@ from cora_ray.llm.cache import MARKER
 from cora_ray.llm.convert_bin import BIN_INDEX, convert_bin_dir, needs_conversion
 from cora_ray.llm.loading import load_llm, load_tokenizer
 from cora_ray.llm.tiny import tiny_llm
+from tests.llm.hub_cache import fake_hub_cache
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = torch.tensor([[2, 10, 11, 12, 13], [2, 20, 21, 22, 23]])
@@ -161,24 +162,13 @@ def test_s3_download_that_fails_midway_is_never_used_as_the_cache(bin_dir, s3_bu
     torch.testing.assert_close(logits(load_llm(cfg)), reference_logits(), rtol=0, atol=0)
 
 
-def _fake_hub_cache(root: Path, repo_id: str, model_dir: Path) -> str:
-    """The HF hub cache layout for one repo: refs/main -> snapshots/<commit>/<files>. Returns the commit."""
-    commit = "89abcdef0123456789abcdef0123456789abcdef"
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for f in model_dir.iterdir():
-        (snapshot / f.name).write_bytes(f.read_bytes())
-    return commit
-
-
 def test_hub_id_with_bin_weights_from_the_offline_cache(bin_dir, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     hub = tmp_path / "hub"
-    commit = _fake_hub_cache(hub, "someorg/tiny-bin", bin_dir)
+    commit = fake_hub_cache(
+        hub, "someorg/tiny-bin", bin_dir, commit="89abcdef0123456789abcdef0123456789abcdef"
+    )
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     monkeypatch.setattr(constants, "is_offline_mode", lambda: True)
     cfg = LLMConfig(name_or_path="someorg/tiny-bin", cache_dir=str(tmp_path / "cache"))

@@ -23,6 +23,7 @@ from cora_ray.llm.hashing import model_weight_hash, safetensors_weight_hash
 from cora_ray.llm.loaded import prepare_tokenizer, resolve_dtype, single_token_id
 from cora_ray.llm.loading import load_llm
 from cora_ray.llm.tiny import tiny_llm, tiny_tokenizer
+from tests.llm.hub_cache import fake_hub_cache
 
 # ------------------------------------------------------------------------------------------------------
 # tiny model
@@ -186,23 +187,11 @@ def test_s3_prefix_without_a_model_is_a_clear_error(s3_bucket, tmp_path):
         load_llm(LLMConfig(name_or_path=f"{s3_bucket}/nothing", cache_dir=str(tmp_path)))
 
 
-def _fake_hub_cache(root: Path, repo_id: str, model_dir: Path) -> None:
-    """The HF hub cache layout for one repo: refs/main -> snapshots/<commit>/<files>."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for f in model_dir.iterdir():
-        (snapshot / f.name).write_bytes(f.read_bytes())
-
-
 def test_hub_id_loads_from_the_hf_cache_when_offline(tiny_dir, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     hub = tmp_path / "hub"
-    _fake_hub_cache(hub, "someorg/tiny-llama", tiny_dir)
+    fake_hub_cache(hub, "someorg/tiny-llama", tiny_dir, commit="0123456789abcdef0123456789abcdef01234567")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     monkeypatch.setattr(constants, "is_offline_mode", lambda: True)
     llm = load_llm(LLMConfig(name_or_path="someorg/tiny-llama", cache_dir=str(tmp_path / "cache")))
