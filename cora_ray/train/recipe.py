@@ -25,6 +25,7 @@ Rank 0 logs progress (console, progress.jsonl, Prometheus, TensorBoard): cora_ra
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -191,15 +192,9 @@ class CoRATrainingRecipe:
         check_compatible(r.manifest, uri=r.source, llm_weight_hash=self.llm.weight_hash)
         self.model.load_trainable_state_dict(r.trainable())
         prev = r.state
-        self.state = TrainState(
-            step=prev.step,
-            best_auc=prev.best_auc,
-            best_step=prev.best_step,
-            bad_evals=prev.bad_evals,
-            epoch=prev.epoch,
-            samples=prev.samples,
-            world_size=self.world,
-            zero_stage=self.t.zero_stage,
+        # the counters carry over; this run's layout replaces the old one, and it has not stopped early
+        self.state = dataclasses.replace(
+            prev, world_size=self.world, zero_stage=self.t.zero_stage, stopped_early=False
         )
 
     def _setup_engine(self) -> None:
