@@ -225,6 +225,16 @@ def _resolve_resume(resume: str, endpoint: str | None) -> tuple[str | None, str 
     )
 
 
+def validation_keys(cfg: ExperimentConfig, endpoint: str | None = None) -> np.ndarray:
+    """The (user, item) keys of the rows every validation scores: `train.eval_limit` rows of valid_small
+    drawn with `train.eval_seed` (all of them when unset). Independent of `train.seed`, so that runs over
+    several training seeds are validated on the same rows."""
+    from cora_ray.train.pipeline import read_split_keys, sample_keys
+
+    keys = read_split_keys(cfg.data.uri, VALID_SPLIT, endpoint)
+    return sample_keys(keys, cfg.train.eval_limit, cfg.train.eval_seed)
+
+
 def prepare_run(
     cfg: ExperimentConfig,
     *,
@@ -282,10 +292,7 @@ def prepare_run(
 
     tokenizer, _, _ = driver_tokenizer(cfg)
     titles = protocol.titles_by_id(protocol.read_items(cfg.data.uri, endpoint))
-    from cora_ray.train.pipeline import read_split_keys, sample_keys
-
-    keys = read_split_keys(cfg.data.uri, VALID_SPLIT, endpoint)
-    valid_keys = sample_keys(keys, cfg.train.eval_limit, cfg.train.seed)
+    valid_keys = validation_keys(cfg, endpoint)
     pad_id = int(tokenizer.pad_token_id)
     encoder_factory = functools.partial(
         _make_encoder, tokenizer, cfg.prompt, titles, _method_class(cfg).needs_placeholders
