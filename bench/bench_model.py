@@ -19,7 +19,7 @@ Results (bench/results/<name>.json + .md):
   full_vocab_vs_yes_row_time         forward with [B, T, vocab] logits / forward with the "Yes"-row head
   full_vocab_vs_yes_row_memory       the same, peak memory
 and an overview bench/results/model.md. `--train-only` writes model_train_step_t<tokens>.{json,md} instead:
-the CoRA step against the frozen floor, the autograd reference path of the collaborative layers, the naive
+the CoRA step against the frozen floor, the naive
 merge, the generator's and the optimizer's share, and a torch.profiler breakdown of one step of each.
 """
 
@@ -102,18 +102,6 @@ class NaiveMergeLinear(CollabLinear):
 
 def naive_merge(model: CoRAModel) -> contextlib.AbstractContextManager:
     return layer_class(model, NaiveMergeLinear)
-
-
-class AutogradCollabLinear(CollabLinear):
-    """The collaborative layer through autograd's own ops (dropout copy of x, bmm, addmm): the reference path
-    that `CollabLinear`'s fused CPU function replaces; same function, same gradients."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        G = self.context.G
-        if G is None:
-            return self.base_layer(x)
-        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-        return self._forward_unfused(x, x3, G.to(x.dtype), self.P.to(x.dtype))
 
 
 @contextlib.contextmanager
@@ -311,7 +299,6 @@ def train_step_bench(args: argparse.Namespace) -> int:
     variants = {
         "frozen_fwd_bwd": lambda: frozen_train_step(frozen, batch),
         "cora_step": lambda: cora_train_step(cora, opt, batch),
-        "cora_step_autograd_path": under(AutogradCollabLinear),
         "naive_step": under(NaiveMergeLinear),
         "cora_step_fused_adamw": lambda: cora_train_step(cora, opt_fused, batch),
         "generator_fwd_bwd": generator_fwd_bwd,

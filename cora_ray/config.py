@@ -282,6 +282,9 @@ class GeneratorConfig:
         _check(0.0 <= self.dropout < 1.0, f"model.generator.dropout must be in [0, 1), got {self.dropout}")
 
 
+DELTA_SCOPES = ("all", "user_prefix", "suffix")
+
+
 @dataclass
 class ModelConfig:
     """Which method, and its trainable parts."""
@@ -298,12 +301,34 @@ class ModelConfig:
     # LLM. Training never shows the model a zero G (every train user is known), so on ML-1M's test split
     # (46% of rows with a cold user) true cost 0.09 AUC (results/cf_signal/demo_64steps/cf_signal.md).
     zero_delta_for_cold_users: bool = False
+    # Where in the prompt the collaborative delta applies (docs/method.md §2.4):
+    #   all          every position (the paper's method);
+    #   user_prefix  the prompt before the target title (instruction + history) sees a user-only G_u (the
+    #                generator fed the user's CF vector and a learned "no item" vector), the target title and
+    #                the answer cue see G(u, i): the prefix depends on the user alone, so its keys/values
+    #                are computed once per user and shared by all of that user's candidates;
+    #   suffix       only the target title and the answer cue see G(u, i); the prefix is the plain LLM.
+    delta_scope: Literal["all", "user_prefix", "suffix"] = "all"
     # TALLRec: one shared LoRA
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    # CoLLM: MLP from CF vectors to token embeddings
-    collm_hidden: int = 1024
+    # CoLLM (docs/method.md §8): an MLP maps the CF vectors to the token embeddings at the prompt's user and
+    # item placeholders.
+    #   faithful      the authors' recipe: a TALLRec LoRA (lora_rank / lora_alpha / lora_targets / dropout
+    #                 above) trained first on text-only prompts (stage 1, model.method=tallrec), then the MLP
+    #                 D -> 10·D -> d_model trained with that LoRA loaded from model.init_from and, by default,
+    #                 frozen (stage 2);
+    #   mapping_only  no LoRA, MLP D -> collm_hidden -> d_model trained on the frozen LLM: an ablation, and what
+    #                 method collm was before the faithful recipe existed (the default, so that checkpoints
+    #                 written then, whose config has no collm_variant, still load as what they are).
+    collm_variant: Literal["faithful", "mapping_only"] = "mapping_only"
+    collm_hidden: int | None = None  # the MLP's hidden width; None: faithful 10 x CF dim, mapping_only 1024
+    collm_freeze_lora: bool = True  # faithful: the stage-1 LoRA stays as loaded (false: trained with the MLP)
+    # A checkpoint whose trained LoRA starts this run (CoLLM stage 2: the stage-1 TALLRec checkpoint, e.g.
+    # runs/<run>/best); its base LLM, dataset, answer tokens and LoRA shape must be this run's. Read when
+    # training starts from scratch only (a resumed run has the LoRA in its own checkpoint).
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.rank > 0, f"model.rank must be > 0, got {self.rank}")
@@ -311,6 +336,44 @@ class ModelConfig:
         _check(self.alpha > 0, f"model.alpha must be > 0, got {self.alpha}")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(len(self.targets) > 0, "model.targets must name at least one module suffix")
+        self._check_collm()
+        _check(
+            self.delta_scope in DELTA_SCOPES,
+            f"model.delta_scope must be one of {', '.join(DELTA_SCOPES)}, got {self.delta_scope!r}",
+        )
+        _check(
+            self.delta_scope == "all" or self.method == "cora",
+            f"model.delta_scope={self.delta_scope} needs a collaborative delta: only model.method=cora has one "
+            f"(got method {self.method!r})",
+        )
+
+    def _check_collm(self) -> None:
+        _check(
+            self.collm_hidden is None or self.collm_hidden > 0,
+            f"model.collm_hidden must be > 0 (or null), got {self.collm_hidden}",
+        )
+        _check(
+            self.init_from is None or self.collm_uses_lora,
+            f"model.init_from loads a stage-1 LoRA: only model.method=collm with model.collm_variant=faithful "
+            f"takes one (got method {self.method!r}, collm_variant {self.collm_variant!r})",
+        )
+        _check(
+            not (self.collm_uses_lora and self.collm_freeze_lora and not self.init_from),
+            "model.collm_variant=faithful with model.collm_freeze_lora=true (the authors' stage 2) needs "
+            "model.init_from: the stage-1 TALLRec checkpoint whose LoRA it keeps (e.g. runs/<run>/best); "
+            "set model.collm_freeze_lora=false to train a fresh LoRA together with the mapping",
+        )
+
+    @property
+    def collm_uses_lora(self) -> bool:
+        """CoLLM as its authors train it: a TALLRec LoRA on the LLM under the CF token mapping."""
+        return self.method == "collm" and self.collm_variant == "faithful"
+
+    @property
+    def shares_prefix(self) -> bool:
+        """The prompt's prefix (before the target title) does not depend on the item: it can be computed
+        once per (user, history) and shared by all of that user's rows."""
+        return self.delta_scope != "all"
 
 
 @dataclass

@@ -31,7 +31,9 @@ from cora_ray.errors import DataError
 if TYPE_CHECKING:
     from cora_ray.data.prompts import PromptEncoder
 
-POSITION_COLUMNS = ("user_pos", "item_pos")  # CoLLM placeholders: token indices inside a row's input_ids
+# token indices inside a row's input_ids, shifted by the padding when rows are padded into a batch:
+# user_pos / item_pos the CoLLM placeholders, suffix_pos the first item-dependent token (a shared prefix)
+POSITION_COLUMNS = ("user_pos", "item_pos", "suffix_pos")
 ROW_COLUMNS = ("user_id", "item_id", "label", "history")  # the protocol columns a row carries
 
 

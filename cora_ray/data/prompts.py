@@ -87,10 +87,13 @@ class PromptTemplate:
 
     def render(
         self, history: str, target: str, user_placeholder: str = "", item_placeholder: str = ""
-    ) -> tuple[str, int, int]:
-        """(question, char index of the user placeholder, of the item placeholder); -1 when absent.
+    ) -> tuple[str, int, int, int]:
+        """(question, char index of the user placeholder, of the item placeholder, of the suffix); -1 when
+        absent.
 
-        `history` is the formatted title list, `target` the quoted target title.
+        `history` is the formatted title list, `target` the quoted target title. The suffix is the part of
+        the question that depends on the target item: it starts at the target title, or at the one space
+        before it (so that a tokenizer sees ` "Title"` as it would inside the whole text).
         """
         values = {
             "history": history,
@@ -102,7 +105,7 @@ class PromptTemplate:
         }
         out: list[str] = []
         n = 0
-        user_at = item_at = -1
+        user_at = item_at = target_at = -1
         for literal, field in self.parts:
             out.append(literal)
             n += len(literal)
@@ -112,10 +115,12 @@ class PromptTemplate:
                 user_at = n
             elif field == "item":
                 item_at = n
+            elif field == "target" and target_at < 0:
+                target_at = n - 1 if n and out[-1].endswith(" ") else n
             value = values[field]
             out.append(value)
             n += len(value)
-        return "".join(out), user_at, item_at
+        return "".join(out), user_at, item_at, target_at
 
 
 def build_prompt(
@@ -174,8 +179,9 @@ def _apply_chat(tokenizer: PreTrainedTokenizerBase, content: str) -> str:
 
 @dataclass
 class TokenRows:
-    """A batch of prompts as token rows, not padded: `ids` one token list per row; `positions` (CoLLM only)
-    user_pos / item_pos, the placeholder's token index inside each row; `texts` the prompts tokenised."""
+    """A batch of prompts as token rows, not padded: `ids` one token list per row; `positions` token indices
+    inside each row: user_pos / item_pos (CoLLM placeholders), suffix_pos (the first token of the part
+    that depends on the target item, with `split_suffix`); `texts` the prompts tokenised."""
 
     ids: list[list[int]]
     positions: dict[str, list[int]]
@@ -189,6 +195,10 @@ class PromptEncoder:
     titles_by_id: titles indexed by item id (`cora_ray.data.protocol.titles_by_id`).
     collab_placeholders: add the CoLLM user/item placeholder tokens and return `user_pos`, `item_pos`.
     placeholder_token: the placeholder's text; must be one token (default: the unk token, else pad).
+    split_suffix: tokenise the prefix (everything before the target title) and the suffix (the target title
+      and what follows) separately and return `suffix_pos`: then a row's prefix tokens depend on the prefix
+      text alone, identical for all of a user's candidates (`model.delta_scope` user_prefix / suffix share
+      them; docs/method.md §2.4). Off, the whole text is tokenised at once (the paper's method).
 
     Budget: every title's token count (as ` "Title",`) is computed once here; a prompt over
     `cfg.max_prompt_tokens` drops as many oldest titles as those counts say are needed and only that row
@@ -202,6 +212,7 @@ class PromptEncoder:
         titles_by_id: Sequence[str],
         collab_placeholders: bool = False,
         placeholder_token: str | None = None,
+        split_suffix: bool = False,
     ) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise ModelError("PromptEncoder needs a fast (tokenizers-backed) tokenizer")
@@ -212,6 +223,9 @@ class PromptEncoder:
         self.titles = list(titles_by_id)
         self.collab = collab_placeholders
         self.template = PromptTemplate(cfg, placeholders=collab_placeholders)
+        self.split_suffix = bool(split_suffix)
+        if self.split_suffix:
+            self._check_splittable(tokenizer)
         self.chat = _ChatWrap.from_tokenizer(tokenizer) if cfg.chat_template else None
         # A chat-templated text carries its own special tokens (BOS included when the model wants one).
         self.add_special_tokens = not cfg.chat_template
@@ -235,17 +249,18 @@ class PromptEncoder:
             )
         return self.titles[item_id]
 
-    def _render(self, history: np.ndarray, target_id: int) -> tuple[str, int, int]:
-        """Full model text of one row (history already cut to what is kept) and placeholder char indices."""
+    def _render(self, history: np.ndarray, target_id: int) -> tuple[str, int, int, int]:
+        """Full model text of one row (history already cut to what is kept), the placeholders' and the
+        suffix's char indices."""
         titles = [quote(self._title(int(i))) for i in history]
         history_text = ", ".join(titles) if titles else self.cfg.empty_history
-        question, user_at, item_at = self.template.render(
+        question, user_at, item_at, suffix_at = self.template.render(
             history_text, quote(self._title(int(target_id))), self.placeholder, self.placeholder
         )
         if self.chat is None:
-            return question, user_at, item_at
+            return question, user_at, item_at, suffix_at
         shift = len(self.chat.prefix)
-        return self.chat(question), user_at + shift, item_at + shift
+        return self.chat(question), user_at + shift, item_at + shift, suffix_at + shift
 
     def prompt_text(self, history_ids: Sequence[int], target_id: int) -> str:
         """The exact text `encode` tokenises for one row (after the token budget is applied)."""
@@ -278,14 +293,46 @@ class PromptEncoder:
 
     # ---- encoding --------------------------------------------------------------------------------------
 
-    def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]] | None]:
+    def _check_splittable(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """`split_suffix` needs the item-independent fields before the target title, no CoLLM placeholders,
+        and a tokenizer that adds special tokens only at the start (they stay in the prefix)."""
+        fields = [f for _, f in self.template.parts if f is not None]
+        at = fields.index("target") if "target" in fields else -1
+        late = [f for f in ("history", "user") if f in fields and fields.index(f) > at]
+        if at < 0 or late or self.collab:
+            raise ConfigError(
+                "prompt.template: a shared prefix needs {target} after {history} and no CoLLM placeholders "
+                f"(fields in order: {fields}); use model.delta_scope=all with this template"
+            )
+        plain = tokenizer.encode("a", add_special_tokens=False)
+        full = tokenizer.encode("a", add_special_tokens=True)
+        if full[len(full) - len(plain) :] != plain:
+            raise ModelError(
+                f"tokenizer {tokenizer.name_or_path!r} appends special tokens after the text: a prompt cannot be "
+                "split into a shared prefix and a per-item suffix (use model.delta_scope=all)"
+            )
+
+    def _tokenize(
+        self, rendered: list[tuple[str, int, int, int]]
+    ) -> tuple[list[list[int]], list[list[tuple[int, int]]] | None, list[int] | None]:
+        """Token ids of rendered rows (+ char offsets for CoLLM; + each row's suffix_pos with split_suffix)."""
+        if self.split_suffix:
+            prefixes = self.tokenizer(
+                [r[0][: r[3]] for r in rendered],
+                add_special_tokens=self.add_special_tokens,
+                return_attention_mask=False,
+            )["input_ids"]
+            suffixes = self.tokenizer(
+                [r[0][r[3] :] for r in rendered], add_special_tokens=False, return_attention_mask=False
+            )["input_ids"]
+            return [p + q for p, q in zip(prefixes, suffixes, strict=True)], None, [len(p) for p in prefixes]
         enc = self.tokenizer(
-            texts,
+            [r[0] for r in rendered],
             add_special_tokens=self.add_special_tokens,
             return_attention_mask=False,
             return_offsets_mapping=self.collab,
         )
-        return enc["input_ids"], (enc["offset_mapping"] if self.collab else None)
+        return enc["input_ids"], (enc["offset_mapping"] if self.collab else None), None
 
     def token_rows(self, histories: Any, target_ids: Any) -> TokenRows:
         """Prompt tokens of a batch of rows, each row its own length (no padding).
@@ -301,7 +348,7 @@ class PromptEncoder:
         keep = [len(h) for h in rows]  # how many of the newest titles each row keeps
 
         rendered = [self._render(h, t) for h, t in zip(rows, targets, strict=True)]
-        ids, offsets = self._tokenize([r[0] for r in rendered])
+        ids, offsets, suffix_pos = self._tokenize(rendered)
         limit = self.cfg.max_prompt_tokens
         over = [i for i, x in enumerate(ids) if len(x) > limit]
         while over:
@@ -316,11 +363,13 @@ class PromptEncoder:
                 drop = int(np.searchsorted(saved, len(ids[i]) - limit)) + 1
                 keep[i] -= min(max(drop, 1), keep[i])
                 rendered[i] = self._render(rows[i][len(rows[i]) - keep[i] :], targets[i])
-            new_ids, new_offsets = self._tokenize([rendered[i][0] for i in over])
+            new_ids, new_offsets, new_suffix_pos = self._tokenize([rendered[i] for i in over])
             for j, i in enumerate(over):
                 ids[i] = new_ids[j]
                 if offsets is not None and new_offsets is not None:
                     offsets[i] = new_offsets[j]
+                if suffix_pos is not None and new_suffix_pos is not None:
+                    suffix_pos[i] = new_suffix_pos[j]
             over = [i for i in over if len(ids[i]) > limit]
 
         positions: dict[str, list[int]] = {}
@@ -330,6 +379,8 @@ class PromptEncoder:
                 positions[name] = [
                     self._token_at(ids[i], offsets[i], rendered[i][at]) for i in range(len(ids))
                 ]
+        if suffix_pos is not None:
+            positions["suffix_pos"] = suffix_pos
         return TokenRows(ids=ids, positions=positions, texts=[r[0] for r in rendered])
 
     def encode(

@@ -42,6 +42,7 @@ from cora_ray.checkpoint import (
 from cora_ray.config import ExperimentConfig, from_dict
 from cora_ray.data import protocol
 from cora_ray.data.batching import (
+    left_pad,
     length_order,
     model_batch,
     pad_histories,
@@ -49,12 +50,14 @@ from cora_ray.data.batching import (
     title_char_costs,
 )
 from cora_ray.errors import ArtifactMismatchError, DataError, ModelError
+from cora_ray.infer.prefix_cache import PrefixCache, prefix_key
 from cora_ray.infer.remote_code import require_consent
 
 if TYPE_CHECKING:  # imported lazily at run time: cora_ray.llm / model / cf pull in transformers
     from cora_ray.cf.base import CFBackbone
     from cora_ray.llm.loaded import LoadedLLM
     from cora_ray.model.base import RecModel
+    from cora_ray.model.prefix import PrefixState, SplitRows
 
 # A provider of collaborative weights for one batch: (user_ids, item_ids, history) tensors → (B, d_model, r).
 GProvider = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -119,6 +122,21 @@ def _load_titles(data_uri: str, endpoint: str | None) -> tuple[list[str], str]:
     """Titles by item id and the dataset's manifest hash."""
     manifest = protocol.read_manifest(data_uri, endpoint)
     return protocol.titles_by_id(protocol.read_items(data_uri, endpoint)), manifest["hash"]
+
+
+@dataclasses.dataclass
+class _Rows:
+    """Normalised rows of one `score` call: ids (n,), histories (lists and (n, 25) padded), the caller's G."""
+
+    users: np.ndarray
+    items: np.ndarray
+    hists: list[list[int]]
+    G: torch.Tensor | None
+    g_provider: GProvider | None
+    hist_pad: np.ndarray = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hist_pad = pad_histories(self.hists)
 
 
 @dataclasses.dataclass
@@ -458,13 +476,19 @@ class Scorer:
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         bucket: bool = True,
+        share_prefix: bool = True,
+        prefix_cache: PrefixCache | None = None,
     ) -> np.ndarray:
         """Score rows → (n,) float32 logits in the given order.
 
         `G` (n, d_model, r): collaborative weights per row, aligned with the rows (serving's cache and cold
         start). `g_provider(user_ids, item_ids, history)`: called per batch to produce G instead. Neither:
         the model generates G itself. `progress(k)` is called after each batch with its row count.
-        `bucket=False` keeps the given order for batching (for measuring what bucketing saves)."""
+        `bucket=False` keeps the given order for batching (for measuring what bucketing saves).
+
+        A checkpoint whose delta_scope shares the prompt prefix (`shares_prefix`) runs each (user, history)
+        prefix once and only the suffixes per row (`share_prefix=False`: every row's full prompt, the
+        reference); `prefix_cache` keeps computed prefixes across calls (serving)."""
         users = as_id_array(user_ids, "user_ids")
         items = as_id_array(item_ids, "item_ids")
         n = len(items)
@@ -482,6 +506,10 @@ class Scorer:
             return out
         self._check_items(items, hists)
         bs = int(batch_size or self.batch_size)
+        if self.shares_prefix and share_prefix:
+            rows = _Rows(users, items, hists, G, g_provider)
+            self._score_shared(rows, out, bs, progress, prefix_cache)
+            return out
         order = self.bucket_order(items, hists) if bucket else np.arange(n)
         for start in range(0, n, bs):
             idx = order[start : start + bs]
@@ -500,6 +528,95 @@ class Scorer:
             if progress is not None:
                 progress(len(idx))
         return out
+
+    # -- prefix-shared path (model.delta_scope user_prefix / suffix) -----------------------------------------
+
+    def _score_shared(
+        self,
+        rows: _Rows,
+        out: np.ndarray,
+        bs: int,
+        progress: Callable[[int], None] | None,
+        cache: PrefixCache | None,
+    ) -> None:
+        """Rows grouped by their prefix (cora_ray/model/prefix.py): `bs` prefixes per prefix pass, then
+        their rows' suffixes in batches of `bs` rows, each against its own prefix's keys/values."""
+        from cora_ray.model.prefix import split_rows
+
+        tokens = self.encoder.token_rows(rows.hists, rows.items)
+        split = split_rows(tokens.ids, tokens.positions["suffix_pos"], rows.users, rows.hist_pad)
+        order = np.argsort(split.groups, kind="stable")  # rows of one prefix together, prefixes in order
+        pad_id = int(self.encoder.tokenizer.pad_token_id)
+        for g0 in range(0, len(split.prefixes), bs):
+            g1 = min(g0 + bs, len(split.prefixes))
+            state = self._prefix_state(split, range(g0, g1), rows, cache)
+            chunk = order[(split.groups[order] >= g0) & (split.groups[order] < g1)]
+            for start in range(0, len(chunk), bs):
+                idx = chunk[start : start + bs]
+                suffix = left_pad([split.suffixes[j] for j in idx], pad_id)
+                suffix_t = {k: torch.from_numpy(v).to(self.device) for k, v in suffix.items()}
+                local = torch.as_tensor(split.groups[idx] - g0, dtype=torch.long, device=self.device)
+                with torch.inference_mode():
+                    g = self._row_G(rows, idx)
+                    scores = self.model.score_suffix(state.select(local), suffix_t, g)
+                out[idx] = scores.detach().float().cpu().numpy().reshape(-1)
+                if progress is not None:
+                    progress(len(idx))
+
+    def _prefix_state(
+        self, split: SplitRows, groups: range, rows: _Rows, cache: PrefixCache | None
+    ) -> PrefixState:
+        """The keys/values of prefixes `groups` (aligned with them): from `cache` where present, the rest in
+        one prefix pass (and put into `cache`)."""
+        from cora_ray.model.prefix import PrefixState
+
+        keys = [
+            prefix_key(rows.users[r], rows.hist_pad[r], split.prefixes[g])
+            for g, r in zip(groups, split.first_row[groups.start : groups.stop], strict=True)
+        ]
+        version = self.cache_version
+        found = [None if cache is None else cache.get(k, version) for k in keys]
+        missing = [j for j, e in enumerate(found) if e is None]
+        if missing:
+            first = split.first_row[[groups[j] for j in missing]]
+            pad_id = int(self.encoder.tokenizer.pad_token_id)
+            prefix = left_pad([split.prefixes[groups[j]] for j in missing], pad_id)
+            with torch.inference_mode():
+                state = self.model.encode_prefix(
+                    {k: torch.from_numpy(v).to(self.device) for k, v in prefix.items()},
+                    torch.as_tensor(rows.users[first], dtype=torch.long, device=self.device),
+                    torch.from_numpy(rows.hist_pad[first]).to(self.device),
+                )
+            if cache is None:
+                return state  # every prefix computed here, already aligned with `groups`
+            for i, j in enumerate(missing):
+                found[j] = state.entry(i)
+                cache.put(keys[j], found[j], version)
+        return PrefixState.stack(found)  # type: ignore[arg-type]
+
+    def _row_G(self, rows: _Rows, idx: np.ndarray) -> torch.Tensor:
+        """G(u, i) of rows `idx`: the caller's (serving's cache / cold start), its provider's, or generated."""
+        if rows.G is not None:
+            return rows.G[torch.as_tensor(idx, dtype=torch.long, device=rows.G.device)].to(
+                self.device, dtype=self._g_dtype()
+            )
+        u = torch.as_tensor(rows.users[idx], dtype=torch.long)
+        i = torch.as_tensor(rows.items[idx], dtype=torch.long)
+        h = torch.from_numpy(rows.hist_pad[idx])
+        if rows.g_provider is not None:
+            return rows.g_provider(u, i, h).to(self.device, dtype=self._g_dtype())
+        return self.model.compute_G(u.to(self.device), i.to(self.device), h.to(self.device))
+
+    @property
+    def shares_prefix(self) -> bool:
+        """The checkpoint's prompt prefix depends on (user, history) only (model.delta_scope user_prefix /
+        suffix): `score` runs each prefix once."""
+        return bool(self.model.shares_prefix)
+
+    @property
+    def cache_version(self) -> str | None:
+        """What cached prefixes / G belong to: the checkpoint's content hash (None without a checkpoint)."""
+        return checkpoint_hash(self.manifest) if self.uri else None
 
     def score_rows(self, rows: dict[str, Any], **kwargs: Any) -> np.ndarray:
         """Score a batch in the protocol's columns (a dict of arrays with user_id, item_id and optionally
@@ -525,7 +642,11 @@ def _encoder(llm: Any, cfg: ExperimentConfig, titles: Sequence[str], model: Any)
     from cora_ray.data.prompts import PromptEncoder
 
     return PromptEncoder(
-        llm.tokenizer, cfg.prompt, list(titles), collab_placeholders=model.needs_placeholders
+        llm.tokenizer,
+        cfg.prompt,
+        list(titles),
+        collab_placeholders=model.needs_placeholders,
+        split_suffix=cfg.model.shares_prefix,
     )
 
 

@@ -99,6 +99,9 @@ class RecModel(nn.Module):
     """The model takes per-row collaborative weights G (B, d_model, r): `compute_G`, `forward(batch, G=...)`."""
     trainable: bool = True
     """The method has parameters to train (False: zero-shot, evaluated as it is)."""
+    shares_prefix: bool = False
+    """The prompt prefix (before the target title) depends on (user, history) only, so it is computed once
+    per user: `encode_prefix` + `score_suffix` (CoRA with model.delta_scope user_prefix / suffix)."""
 
     def __init__(self, llm: LoadedLLM) -> None:
         super().__init__()
@@ -107,6 +110,7 @@ class RecModel(nn.Module):
         self.answer_token_id = int(llm.answer_token_id)
         self.negative_token_id = None if llm.negative_token_id is None else int(llm.negative_token_id)
         self.d_model = int(llm.hidden_size)
+        self.gradient_checkpointing = False  # set by enable_gradient_checkpointing
 
     @property
     def answer_tokens(self) -> tuple[int, int | None]:
@@ -143,6 +147,7 @@ class RecModel(nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each decoder layer in backward instead of storing its activations (train.gradient_checkpointing)."""
+        self.gradient_checkpointing = True
         enable = getattr(self.lm, "activation_checkpointing_enable", None)
         if enable is not None:  # transformers >= 5.2x
             enable(activation_checkpointing_kwargs=self.checkpoint_kwargs())

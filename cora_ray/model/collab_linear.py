@@ -16,23 +16,37 @@ forward pass. No G (None) means the plain frozen layer: the cold-start / zero-de
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cora_ray.errors import ModelError
-from cora_ray.model.dropout import SparseMaskDropout, bernoulli_positions
+from cora_ray.model.dropout import SparseMaskDropout
 from cora_ray.model.targets import replace_targets
 
 
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """What the collaborative layers apply to one batch (docs/method.md §2.4, `model.delta_scope`).
+
+    G (B, d_model, r): the per-row weights. Without `suffix_mask` they apply at every position (the paper's
+    method). With `suffix_mask` (B, T) bool — True from each row's target title on — G applies only there, and
+    the positions before it see `prefix_G` (B, d_model, r) (user_prefix) or nothing (suffix scope).
+    """
+
+    G: torch.Tensor
+    suffix_mask: torch.Tensor | None = None
+    prefix_G: torch.Tensor | None = None
+
+
 class CollabContext:
-    """Holds the current batch's G (B, d_model, r) for the collaborative layers of one model.
+    """Holds the current batch's `Delta` for the collaborative layers of one model.
 
     Thread-local, so two threads scoring with one model never see each other's G. `checkpoint_context_fn`
-    makes activation checkpointing replay a layer with the G of its original forward (the recompute runs
+    makes activation checkpointing replay a layer with the delta of its original forward (the recompute runs
     during backward, after `use` has exited).
     """
 
@@ -40,24 +54,38 @@ class CollabContext:
         self._local = threading.local()
 
     @property
+    def delta(self) -> Delta | None:
+        return getattr(self._local, "delta", None)
+
+    @property
     def G(self) -> torch.Tensor | None:
-        return getattr(self._local, "G", None)
+        delta = self.delta
+        return None if delta is None else delta.G
 
     @contextlib.contextmanager
-    def use(self, G: torch.Tensor | None) -> Iterator[None]:
-        """Set G for the duration of the block (nesting restores the outer one)."""
-        previous = self.G
-        self._local.G = G
+    def use(
+        self,
+        G: torch.Tensor | Delta | None,
+        suffix_mask: torch.Tensor | None = None,
+        prefix_G: torch.Tensor | None = None,
+    ) -> Iterator[None]:
+        """Set the delta for the duration of the block (nesting restores the outer one). `G` None: the plain
+        frozen layers."""
+        previous = self.delta
+        if G is None or isinstance(G, Delta):
+            self._local.delta = G
+        else:
+            self._local.delta = Delta(G, suffix_mask, prefix_G)
         try:
             yield
         finally:
-            self._local.G = previous
+            self._local.delta = previous
 
     def checkpoint_context_fn(
         self,
     ) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-        """`context_fn` for torch.utils.checkpoint (non-reentrant): replay with the forward's G."""
-        return contextlib.nullcontext(), self.use(self.G)
+        """`context_fn` for torch.utils.checkpoint (non-reentrant): replay with the forward's delta."""
+        return contextlib.nullcontext(), self.use(self.delta)
 
 
 class CollabLinear(nn.Module):
@@ -97,35 +125,33 @@ class CollabLinear(nn.Module):
         return self.base_layer.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        G = self.context.G
-        if G is None:
+        delta = self.context.delta
+        if delta is None:
             return self.base_layer(x)
         B, d = x.shape[0], x.shape[-1]
-        if G.shape != (B, d, self.rank):
+        if delta.G.shape != (B, d, self.rank):
             raise ModelError(
-                f"collaborative layer got G of shape {tuple(G.shape)} for an input of shape {tuple(x.shape)}; "
-                f"expected ({B}, {d}, {self.rank})"
+                f"collaborative layer got G of shape {tuple(delta.G.shape)} for an input of shape "
+                f"{tuple(x.shape)}; expected ({B}, {d}, {self.rank})"
             )
-        x3 = x.reshape(B, -1, d)  # (B, T, d): a 2-D input is T = 1
-        G, P = G.to(x.dtype), self.P.to(x.dtype)  # no-ops when the dtypes already agree
-        drop = isinstance(self.dropout, SparseMaskDropout) and self.dropout.training and self.dropout.p > 0
-        base = self.base_layer
-        if x.is_cuda or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
-            return self._forward_unfused(x, x3, G, P)  # F.dropout on CUDA; a trainable base needs its grads
-        dropped = bernoulli_positions(x3.numel(), self.dropout.p, x.device) if drop else None
-        keep_scale = 1.0 / (1.0 - self.dropout.p) if drop else 1.0
-        y = _CollabLinearFn.apply(x3, base.weight, base.bias, G, P, self.scaling * keep_scale, dropped)
-        return y.view(*x.shape[:-1], self.out_features)
-
-    def _forward_unfused(
-        self, x: torch.Tensor, x3: torch.Tensor, G: torch.Tensor, P: torch.Tensor
-    ) -> torch.Tensor:
-        """The same function from autograd's own ops: dropout on a copy of x, bmm, addmm (CUDA, trainable W)."""
         y = self.base_layer(x)  # (B, ..., out): one dense matmul for the whole batch
-        u = torch.bmm(self.dropout(x3), G)  # (B, T, r): each row through its own G
+        x3 = self.dropout(x.reshape(B, -1, d))  # (B, T, d): a 2-D input is T = 1
+        G = delta.G.to(x.dtype)  # a no-op when the dtypes already agree
+        if delta.suffix_mask is None:
+            u = torch.bmm(x3, G)  # (B, T, r): each row through its own G
+        elif delta.prefix_G is None:  # suffix scope: nothing before the target title
+            u = torch.bmm(x3, G) * delta.suffix_mask.reshape(B, -1, 1).to(x.dtype)
+        else:  # user_prefix: one bmm through [G | G_u], then each position keeps its half
+            both = torch.bmm(x3, torch.cat([G, delta.prefix_G.to(x.dtype)], dim=-1))  # (B, T, 2r)
+            u = torch.where(
+                delta.suffix_mask.reshape(B, -1, 1), both[..., : self.rank], both[..., self.rank :]
+            )
         # y += scaling · u Pᵀ as one fused matmul-add over all B·T positions
         out = torch.addmm(
-            y.reshape(-1, self.out_features), u.reshape(-1, self.rank), P.t(), alpha=self.scaling
+            y.reshape(-1, self.out_features),
+            u.reshape(-1, self.rank),
+            self.P.to(x.dtype).t(),
+            alpha=self.scaling,
         )
         return out.view_as(y)
 
@@ -135,82 +161,6 @@ class CollabLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling:g}"
-
-
-def _drop_coords(dropped: torch.Tensor, B: int, T: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices into x (B, T, d) → (row index into the (B·T) positions, row index into G as (B·d, r)).
-
-    The divisions run in int32 when the indices fit: int64 division is not vectorised on CPU and costs more
-    than the whole correction (~20x here); int32 is exact below 2³¹."""
-    small = B * T * d < 2**31
-    flat = dropped.int() if small else dropped
-    position = torch.div(flat, d, rounding_mode="trunc")  # b·T + t (indices are non-negative: trunc = floor)
-    b = torch.div(position, T, rounding_mode="trunc")
-    g_row = b * d + (flat - position * d)  # b·d + j
-    return position.long(), g_row.long()
-
-
-class _CollabLinearFn(torch.autograd.Function):
-    """y = x Wᵀ + bias + s · (dropout-masked x ⊙ G) Pᵀ for a frozen W, with hand-written backward.
-
-    Same function and gradients as `base_layer(x) + s·(dropout(x) @ G) @ Pᵀ` (docs/architecture.md §5.1), with
-    less memory traffic on CPU, where one pass over the (B, T, d) activation costs about as much as the
-    rank-r products themselves:
-    - dropout never copies x: with `dropped` the K ≈ p·B·T·d flat positions of x that the mask zeroes,
-      (mask ⊙ x) G = x G − Σ_dropped x[b,t,j] G[b,j,:], a K × r correction gathered and index-added into
-      the (B·T, r) product; the same correction in backward for ∂G and ∂x. `s` includes 1 / (1 − p).
-    - the rank-r output is added into y in place (addmm_), and ∂x is accumulated in place into
-      ∂y·W (baddbmm_) instead of autograd summing two (B, T, d) gradients;
-    - the frozen W and bias get no gradient (callers fall back to autograd when they require one).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, G, P, scale, dropped):  # noqa: D102 - see the class docstring
-        B, T, d = x.shape
-        r, out_features = G.shape[-1], weight.shape[0]
-        x = x.contiguous()
-        y = F.linear(x, weight, bias).view(B * T, out_features)  # (B·T, out)
-        u = torch.bmm(x, G).view(B * T, r)  # (B·T, r)
-        if dropped is not None and dropped.numel():
-            position, g_row = _drop_coords(dropped, B, T, d)
-            x_dropped = x.reshape(-1).index_select(0, dropped)[:, None]  # (K, 1)
-            G_dropped = G.reshape(B * d, r).index_select(
-                0, g_row
-            )  # (K, r): G[b, j, :] per dropped x[b, t, j]
-            u.index_add_(0, position, G_dropped * -x_dropped)
-            # kept for backward: K-sized index and value vectors (G_dropped, K × r, is gathered again instead)
-            sparse = (dropped, position, g_row, x_dropped)
-        else:
-            sparse = ()
-        y.addmm_(u, P.t(), alpha=scale)
-        ctx.save_for_backward(x, weight, G, P, u, *sparse)
-        ctx.scale = scale
-        ctx.has_bias = bias is not None
-        return y.view(B, T, out_features)
-
-    @staticmethod
-    def backward(ctx, grad_y):  # noqa: D102
-        x, weight, G, P, u, *sparse = ctx.saved_tensors
-        B, T, d = x.shape
-        r = G.shape[-1]
-        g2 = grad_y.reshape(B * T, -1)  # (B·T, out)
-        grad_u = torch.mm(g2, P).mul_(ctx.scale)  # (B·T, r): ∂loss/∂(masked x G)
-        grad_P = torch.mm(g2.t(), u).mul_(ctx.scale) if ctx.needs_input_grad[4] else None  # (out, r)
-        grad_x = grad_G = None
-        if sparse:
-            dropped, position, g_row, x_dropped = sparse
-            grad_u_dropped = grad_u.index_select(0, position)  # (K, r)
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(g2, weight).view(B, T, d)  # the frozen layer's part
-            grad_x.baddbmm_(grad_u.view(B, T, r), G.transpose(1, 2))  # + the rank-r part, in place
-            if sparse:  # the dropped positions got no rank-r gradient
-                G_dropped = G.reshape(B * d, r).index_select(0, g_row)  # (K, r)
-                grad_x.view(-1).index_add_(0, dropped, (grad_u_dropped * G_dropped).sum(1).neg_())
-        if ctx.needs_input_grad[3]:
-            grad_G = torch.bmm(x.transpose(1, 2), grad_u.view(B, T, r))  # (B, d, r)
-            if sparse:
-                grad_G.view(B * d, r).index_add_(0, g_row, grad_u_dropped * -x_dropped)
-        return grad_x, None, None, grad_G, grad_P, None, None
 
 
 def inject_collab_layers(

@@ -5,7 +5,14 @@
     input_ids ──frozen LLM, q/k/v/o: W x + (alpha/r)·P(bmm(x, G))──▶ h_last (B, d) ──· W_head[yes]──▶ score (B,)
 
 Trained: the generator and every P (zero-initialised: step 0 is the plain LLM). Frozen: the whole LLM and
-the CF backbone. Rows whose user the CF backbone does not know (cold start) get G = 0, i.e. the plain LLM.
+the CF backbone. Rows whose user the CF backbone does not know (cold start) get G = 0 with
+`model.zero_delta_for_cold_users`, else a G from their (untrained) CF vector.
+
+`model.delta_scope` (docs/method.md §2.4) confines G(u, i) to the prompt's suffix (the target title and the
+answer cue): `user_prefix` gives the prefix a user-only G_u = generator(e_u, learned "no item" vector),
+`suffix` gives it nothing. The prefix then depends on the user alone and is computed once per user
+(cora_ray/model/prefix.py): `encode_prefix` + `score_suffix`. Batches carry `suffix_pos` (the encoder's
+`split_suffix`).
 """
 
 from __future__ import annotations
@@ -13,14 +20,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from torch import nn
+from transformers import DynamicCache
 
 from cora_ray.cf.base import CFBackbone
 from cora_ray.config import ModelConfig
+from cora_ray.data.batching import left_pad
 from cora_ray.errors import ModelError
-from cora_ray.model.base import RecModel, freeze, last_hidden_state
+from cora_ray.model.base import RecModel, freeze, last_hidden_state, position_ids_from_mask
 from cora_ray.model.collab_linear import inject_collab_layers
 from cora_ray.model.generator import CollaborativeWeightGenerator
+from cora_ray.model.prefix import PrefixState, cache_kwarg, kv_layers, split_rows, unpad_rows
 
 if TYPE_CHECKING:
     from cora_ray.llm.loaded import LoadedLLM
@@ -51,6 +63,17 @@ class CoRAModel(RecModel):
         self.collab, self.collab_layers = inject_collab_layers(
             self.lm, cfg.targets, cfg.rank, cfg.alpha, cfg.dropout
         )
+        self.delta_scope = cfg.delta_scope
+        if self.delta_scope == "user_prefix":  # the item side of G_u: learned, starts at 0
+            self.no_item = nn.Parameter(torch.zeros(cf.dim, device=device))
+        # False: run a shared-prefix scope as one full-prompt pass with the prefix/suffix mask (the reference
+        # the prefix-shared path is tested against; also what gradient checkpointing needs)
+        self.share_prefix_in_forward = True
+
+    @property
+    def shares_prefix(self) -> bool:
+        """The prompt prefix depends on (user, history) only: `encode_prefix` once, `score_suffix` per row."""
+        return self.delta_scope != "all"
 
     def compute_G(
         self,
@@ -69,15 +92,114 @@ class CoRAModel(RecModel):
             G = G * known[:, None, None]
         return G
 
+    def compute_G_user(
+        self, user_id: torch.Tensor, history: torch.Tensor | None = None, zero_cold_users: bool | None = None
+    ) -> torch.Tensor | None:
+        """The prefix's delta: (B,), (B, H) → G_u (B, d_model, r) for user_prefix (the generator fed the
+        user's CF vector and the learned "no item" vector), None for the suffix scope (a plain prefix)."""
+        if self.delta_scope != "user_prefix":
+            return None
+        with torch.no_grad():
+            e_u, _ = self.cf.embed(user_id, torch.zeros_like(user_id), history)  # (B, D); item 0 = padding
+        G = self.generator(e_u, self.no_item.expand(e_u.shape[0], -1))  # (B, d_model, r)
+        if self.cfg.zero_delta_for_cold_users if zero_cold_users is None else zero_cold_users:
+            G = G * self.cf.knows_user(user_id).to(device=G.device, dtype=G.dtype)[:, None, None]
+        return G
+
     def forward(self, batch: Mapping[str, torch.Tensor], G: torch.Tensor | None = None) -> torch.Tensor:
         """batch → (B,) scores. G (B, d_model, r) given: skip the CF backbone and the generator."""
         if G is None:
             G = self.compute_G(batch["user_id"], batch["item_id"], batch.get("history"))
+        if not self.shares_prefix:
+            with self.collab.use(G):
+                h = last_hidden_state(
+                    self.lm, batch["attention_mask"], input_ids=batch["input_ids"]
+                )  # (B, d)
+            return self.score_hidden(h)  # (B,)
+        if "suffix_pos" not in batch:
+            raise ModelError(
+                f"model.delta_scope={self.delta_scope} needs each row's suffix position (batch['suffix_pos']): "
+                "encode the prompts with PromptEncoder(split_suffix=True)"
+            )
+        if self.share_prefix_in_forward and not self.gradient_checkpointing:
+            return self._forward_shared(batch, G)
+        return self._forward_masked(batch, G)
+
+    def _forward_masked(self, batch: Mapping[str, torch.Tensor], G: torch.Tensor) -> torch.Tensor:
+        """One full-prompt pass; G(u, i) from each row's suffix position on, G_u (or nothing) before it."""
+        mask = batch["attention_mask"]
+        positions = torch.arange(mask.shape[1], device=mask.device)[None, :]  # (1, T)
+        suffix_mask = positions >= batch["suffix_pos"].to(mask.device)[:, None]  # (B, T)
+        prefix_G = self.compute_G_user(batch["user_id"], batch.get("history"))
+        with self.collab.use(G, suffix_mask=suffix_mask, prefix_G=prefix_G):
+            h = last_hidden_state(self.lm, mask, input_ids=batch["input_ids"])  # (B, d)
+        return self.score_hidden(h)
+
+    def _forward_shared(self, batch: Mapping[str, torch.Tensor], G: torch.Tensor) -> torch.Tensor:
+        """Rows of one (user, history, prefix) run their prefix once: `encode_prefix` on the unique prefixes,
+        then every row's suffix against its prefix's keys/values (autograd flows through both)."""
+        device = batch["input_ids"].device
+        history = batch.get("history")
+        hist_np = history.cpu().numpy() if history is not None else np.zeros((len(G), 0), dtype=np.int64)
+        users = batch["user_id"]
+        split = split_rows(
+            unpad_rows(batch["input_ids"], batch["attention_mask"]),
+            (batch["suffix_pos"] - (batch["attention_mask"] == 0).sum(1)).tolist(),  # in-row positions
+            users.tolist(),
+            hist_np,
+        )
+        pad_id = int(self.loaded_llm.tokenizer.pad_token_id)
+        first = torch.as_tensor(split.first_row, device=device)
+        prefix = self.encode_prefix(
+            _tensors(left_pad(split.prefixes, pad_id), device),
+            users.index_select(0, first.to(users.device)),
+            None if history is None else history.index_select(0, first.to(history.device)),
+        )
+        rows = prefix.select(torch.as_tensor(split.groups, device=device))
+        return self.score_suffix(rows, _tensors(left_pad(split.suffixes, pad_id), device), G)
+
+    def encode_prefix(
+        self, prefix: Mapping[str, torch.Tensor], user_id: torch.Tensor, history: torch.Tensor | None
+    ) -> PrefixState:
+        """Prefix tokens (input_ids, attention_mask (n, P), left-padded) of n (user, history) → their keys and
+        values at every layer, computed with G_u (user_prefix) or the plain LLM (suffix)."""
+        prefix_G = self.compute_G_user(user_id, history)
+        mask = prefix["attention_mask"]
+        with self.collab.use(prefix_G):
+            out = self.lm.base_model(
+                input_ids=prefix["input_ids"],
+                attention_mask=mask,
+                position_ids=position_ids_from_mask(mask),
+                use_cache=True,
+            )
+        return PrefixState(kv_layers(out), mask, prefix_G)
+
+    def score_suffix(
+        self, prefix: PrefixState, suffix: Mapping[str, torch.Tensor], G: torch.Tensor
+    ) -> torch.Tensor:
+        """(B,) scores of suffix rows (input_ids, attention_mask (B, S), left-padded) against their prefixes
+        (`prefix` row-aligned: B prefixes, e.g. `state.select(groups)`), each with its own G(u, i)."""
+        suffix_mask = suffix["attention_mask"]
+        if len(prefix) != suffix_mask.shape[0]:
+            raise ModelError(f"{len(prefix)} prefixes for {suffix_mask.shape[0]} suffix rows")
+        lengths = prefix.attention_mask.sum(1, keepdim=True)  # (B, 1) real prefix tokens
+        cache = DynamicCache(ddp_cache_data=prefix.layers, config=self.lm.config)
+        mask = torch.cat([prefix.attention_mask, suffix_mask], dim=1)  # (B, P + S)
         with self.collab.use(G):
-            h = last_hidden_state(self.lm, batch["attention_mask"], input_ids=batch["input_ids"])  # (B, d)
-        return self.score_hidden(h)  # (B,)
+            out = self.lm.base_model(
+                input_ids=suffix["input_ids"],
+                attention_mask=mask,
+                position_ids=lengths + position_ids_from_mask(suffix_mask),
+                use_cache=True,
+                **cache_kwarg(self.lm.base_model, cache),
+            )
+        return self.score_hidden(out.last_hidden_state[:, -1])  # (B,)
 
     def checkpoint_kwargs(self) -> dict:
         # the recompute of a checkpointed layer runs in backward, after `forward` has left `collab.use(G)`:
         # the context_fn replays it with the G of its original forward
         return {"use_reentrant": False, "context_fn": self.collab.checkpoint_context_fn}
+
+
+def _tensors(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}

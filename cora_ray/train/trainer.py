@@ -72,7 +72,7 @@ class RunPlan:
 
 
 def resolve_local_paths(cfg: ExperimentConfig, base_dir: str | Path) -> ExperimentConfig:
-    """Relative local paths in the config (data, CF artifact, storage, an LLM directory) → absolute under
+    """Relative local paths in the config (data, CF artifact, init_from, storage, an LLM directory) → absolute under
     `base_dir`. Needed under `ray job submit --working-dir .`, where the job runs in an uploaded copy of the
     repository without artifacts/ and runs/."""
     base = Path(base_dir).absolute()
@@ -88,7 +88,9 @@ def resolve_local_paths(cfg: ExperimentConfig, base_dir: str | Path) -> Experime
     return dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, uri=fix(cfg.data.uri)),
-        model=dataclasses.replace(cfg.model, cf_artifact=fix(cfg.model.cf_artifact)),
+        model=dataclasses.replace(
+            cfg.model, cf_artifact=fix(cfg.model.cf_artifact), init_from=fix(cfg.model.init_from)
+        ),
         train=dataclasses.replace(cfg.train, storage_path=fix(cfg.train.storage_path)),
         llm=dataclasses.replace(cfg.llm, name_or_path=llm_path),
     )
@@ -207,10 +209,16 @@ def driver_tokenizer(cfg: ExperimentConfig) -> tuple[Any, int, int | None]:
     return tokenizer, answer, negative
 
 
-def _make_encoder(tokenizer: Any, prompt_cfg: Any, titles: list[str], placeholders: bool) -> Any:
+def _make_encoder(tokenizer: Any, cfg: ExperimentConfig, titles: list[str], placeholders: bool) -> Any:
     from cora_ray.data.prompts import PromptEncoder
 
-    return PromptEncoder(tokenizer, prompt_cfg, titles, collab_placeholders=placeholders)
+    return PromptEncoder(
+        tokenizer,
+        cfg.prompt,
+        titles,
+        collab_placeholders=placeholders,
+        split_suffix=cfg.model.shares_prefix,
+    )
 
 
 def _resolve_resume(resume: str, endpoint: str | None) -> tuple[str | None, str | None]:
@@ -295,7 +303,7 @@ def prepare_run(
     valid_keys = validation_keys(cfg, endpoint)
     pad_id = int(tokenizer.pad_token_id)
     encoder_factory = functools.partial(
-        _make_encoder, tokenizer, cfg.prompt, titles, _method_class(cfg).needs_placeholders
+        _make_encoder, tokenizer, cfg, titles, _method_class(cfg).needs_placeholders
     )
     return RunPlan(
         cfg=cfg,

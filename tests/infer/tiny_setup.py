@@ -12,6 +12,7 @@ cora_ray.checkpoint.write_checkpoint_files — no Ray Train run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def write_tiny_checkpoint(
     method: str = "cora",
     seed: int = 1,
     valid_auc: float = 0.5,
+    model_overrides: dict | None = None,
     **manifest_edits,
 ) -> str:
     """A checkpoint of `method` with random trainable tensors; `manifest_edits` replace manifest fields
@@ -75,6 +77,8 @@ def write_tiny_checkpoint(
     from cora_ray.model.build import build_model
 
     cfg = art.config(method)
+    if model_overrides:  # e.g. {"delta_scope": "user_prefix"}
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model_overrides))
     llm = load_llm(art.llm_cfg, "cpu")
     cf = (
         load_cf_artifact(art.cf_uri, expected_dataset_hash=art.data_hash)

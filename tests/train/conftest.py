@@ -11,12 +11,17 @@ steps)."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cora_ray.config import ExperimentConfig, load_config
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # helper modules beside the tests (reload_check.py)
+    sys.path.insert(0, str(HERE))
 
 # ~16k train rows (one epoch is never finished), ~2.4k valid_small rows (validation scores a fixed 48)
 SYN = {"users": 400, "items": 100, "seed": 0, "interactions_per_user": 60}
