@@ -8,7 +8,7 @@ Trained: the generator and every P (zero-initialised: step 0 is the plain LLM). 
 the CF backbone. Rows whose user the CF backbone does not know (cold start) get G = 0 with
 `model.zero_delta_for_cold_users`, else a G from their (untrained) CF vector.
 
-`model.delta_scope` (docs/method.md §2.4) confines G(u, i) to the prompt's suffix (the target title and the
+`model.delta_scope` (docs/method.md §2.5) confines G(u, i) to the prompt's suffix (the target title and the
 answer cue): `user_prefix` gives the prefix a user-only G_u = generator(e_u, learned "no item" vector),
 `suffix` gives it nothing. The prefix then depends on the user alone and is computed once per user
 (cora_ray/model/prefix.py): `encode_prefix` + `score_suffix`. Batches carry `suffix_pos` (the encoder's
@@ -96,15 +96,20 @@ class CoRAModel(RecModel):
         self, user_id: torch.Tensor, history: torch.Tensor | None = None, zero_cold_users: bool | None = None
     ) -> torch.Tensor | None:
         """The prefix's delta: (B,), (B, H) → G_u (B, d_model, r) for user_prefix (the generator fed the
-        user's CF vector and the learned "no item" vector), None for the suffix scope (a plain prefix)."""
+        user's CF vector and the learned "no item" vector), None for the suffix scope (a plain prefix).
+
+        User id 0 (the padding id: serving's user the dataset does not know) always gets G_u = 0, the plain
+        LLM, as its suffix gets G = 0 from serving; dataset users the CF model does not know follow
+        `zero_delta_for_cold_users` like G(u, i)."""
         if self.delta_scope != "user_prefix":
             return None
         with torch.no_grad():
             e_u, _ = self.cf.embed(user_id, torch.zeros_like(user_id), history)  # (B, D); item 0 = padding
         G = self.generator(e_u, self.no_item.expand(e_u.shape[0], -1))  # (B, d_model, r)
+        keep = user_id != 0
         if self.cfg.zero_delta_for_cold_users if zero_cold_users is None else zero_cold_users:
-            G = G * self.cf.knows_user(user_id).to(device=G.device, dtype=G.dtype)[:, None, None]
-        return G
+            keep = keep & self.cf.knows_user(user_id).to(keep.device)
+        return G * keep.to(device=G.device, dtype=G.dtype)[:, None, None]
 
     def forward(self, batch: Mapping[str, torch.Tensor], G: torch.Tensor | None = None) -> torch.Tensor:
         """batch → (B,) scores. G (B, d_model, r) given: skip the CF backbone and the generator."""

@@ -172,3 +172,22 @@ def test_prefix_state_entries_restack_to_the_same_scores(tiny):
         scores = model.score_suffix(restacked, suffix, G)
     torch.testing.assert_close(scores, reference, atol=1e-4, rtol=0)
     assert state.nbytes > 0
+
+
+def test_user_zero_gets_no_prefix_delta_and_cold_users_follow_the_rule(tiny):
+    """User id 0 (serving's unknown user) gets G_u = 0; a dataset user unknown to the CF model gets a
+    generated G_u unless zero_delta_for_cold_users."""
+    llm = tiny_llm(seed=0)
+    users = torch.tensor([0, 1, tiny.COLD_USER])
+    for zero_cold in (False, True):
+        model = build_model(
+            tiny.config("cora", delta_scope="user_prefix", zero_delta_for_cold_users=zero_cold),
+            llm,
+            tiny.cf(),
+        )
+        with torch.no_grad():
+            G = model.compute_G_user(users, None)
+        norms = G.flatten(1).norm(dim=1)
+        assert norms[0] == 0 and norms[1] > 0
+        assert (norms[2] == 0) == zero_cold
+        llm = tiny_llm(seed=0)  # the collaborative layers were injected into the last one
