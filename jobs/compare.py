@@ -3,12 +3,17 @@
     python jobs/compare.py --config configs/compare_ml1m_cpu.yaml
     python jobs/compare.py --config configs/compare_ml1m_cpu.yaml limit=400 out=results/quick
     python jobs/compare.py --config configs/compare_ml1m_cpu.yaml --only MF,LightGCN,SASRec   # CF rows now
+    python jobs/compare.py --config configs/compare_ml1m_cpu.yaml --only CoRA-SASRec@42      # one seed of a row
     python jobs/compare.py --config configs/compare_ml1m_paper.yaml --collect-only
 
-Each method's results land in <out>/runs/<method>/ (metrics.json, report.md, per-row scores) and are
-reused by later runs with the same data, splits, limit and seed (--rerun forces a new evaluation).
-A method whose artifact does not exist is produced by its `produce` commands (pretraining, training),
-else reported as "not run" (--strict: an error). Trailing KEY=VALUE arguments override the config.
+Each method's results land in <out>/runs/<method>/ (<out>/runs/<method>/seed<N>/ for each training seed of a
+method with `seeds`; metrics.json, report.md, per-row scores, protocol.json) and are reused by later runs with
+the same data, splits, limit, sample seed and protocol (the entry's kind, uri and produce commands; --rerun
+forces a new evaluation). Results of another protocol, or none recorded, are evaluated again when the method
+runs, else collected with a label in the table. A method whose artifact does not exist is produced by its
+`produce` commands (pretraining, training), else reported as "not run" (--strict: an error). Rows with seeds
+show mean ± std over them; the config's `differences` get paired bootstrap intervals. Trailing KEY=VALUE
+arguments override the config.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default=None,
         metavar="NAMES",
-        help="comma-separated methods to run now (e.g. MF,LightGCN,SASRec); the others are only collected",
+        help="comma-separated methods to run now (e.g. MF,LightGCN,SASRec; NAME@SEED: one training seed of a "
+        "method with seeds); the others are only collected, and reported as not run where they have no results",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(

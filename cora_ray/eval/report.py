@@ -75,10 +75,22 @@ class ComparisonRow:
     metrics: dict | None  # {"auc", "uauc", "rows", "users_skipped", ...} or None when not run
     paper: str | None = None  # docs/method.md §7 row name; None → looked up from `name`
     note: str = ""
+    # several training seeds: {"n": seeds evaluated, "of": seeds configured}; metrics then hold the mean
+    # over the seeds and "auc_std" / "uauc_std" (sample standard deviation, None for one seed)
+    spread: dict | None = None
 
     @property
     def paper_key(self) -> str | None:
         return paper_row(self.paper or self.name)
+
+    def cell(self, key: str) -> str:
+        """The table cell of `key` ("auc" | "uauc"): the value, or mean ± std (n=…) over training seeds."""
+        m = self.metrics or {}
+        text = _fmt(m.get(key))
+        if self.spread is None or m.get(key) is None:
+            return text
+        std = m.get(f"{key}_std")
+        return (f"{text} ± {_fmt(std)}" if std is not None else text) + f" (n={self.spread.get('n')})"
 
 
 def comparison_markdown(
@@ -100,7 +112,8 @@ def comparison_markdown(
     if title:
         lines += [f"## {title}", ""]
     lines += [
-        f"Split: `{split}`. Measured values beside the paper's (docs/method.md §7, Vicuna-7B); **bold** = best measured.",
+        f"Split: `{split}`. Measured values beside the paper's (docs/method.md §7, Vicuna-7B); **bold** = best measured"
+        + (" (by the mean over seeds)." if any(r.spread for r in rows) else "."),
         "",
         f"| Method | {label} AUC | {label} AUC (paper) | {label} UAUC | {label} UAUC (paper) | Rows | Users in UAUC | Users skipped |",
         "|---|---|---|---|---|---|---|---|",
@@ -108,8 +121,8 @@ def comparison_markdown(
     for r in rows:
         m = r.metrics or {}
         pv = paper_values(r.paper_key, dataset)
-        auc_s = _fmt(m.get("auc"))
-        uauc_s = _fmt(m.get("uauc"))
+        auc_s = r.cell("auc")
+        uauc_s = r.cell("uauc")
         if best_auc is not None and m.get("auc") == best_auc:
             auc_s = f"**{auc_s}**"
         if best_uauc is not None and m.get("uauc") == best_uauc:
@@ -121,6 +134,48 @@ def comparison_markdown(
         )
     if notes:
         lines += ["", notes.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def _signed(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:+.{digits}f}"
+
+
+def _interval_cells(d: dict | None) -> list[str]:
+    if not d or d.get("ci") is None:
+        return [_signed((d or {}).get("observed")), "—", "—"]
+    lo, hi = d["ci"]
+    return [_signed(d["observed"]), f"[{_signed(lo)}, {_signed(hi)}]", "yes" if d["zero_in_ci"] else "**no**"]
+
+
+def differences_markdown(diffs: Sequence[dict], split: str, resamples: int, seed: int) -> str:
+    """The "Differences" section: paired bootstrap intervals of AUC(A) − AUC(B) and UAUC(A) − UAUC(B)
+    (entries of cora_ray/eval/bootstrap.paired_bootstrap, with a/b labels; "skipped" when a side is missing)."""
+    lines = [
+        "### Differences",
+        "",
+        f"Paired bootstrap on the `{split}` rows both methods scored: {resamples} resamples (seed {seed}); "
+        "95% interval = 2.5 / 97.5 percentiles of the resampled difference. AUC: rows drawn with replacement; "
+        "UAUC: users drawn with replacement (a user's rows together, each drawn user counting its own AUC). "
+        "A method with several training seeds counts as the mean over its seeds on each resample. "
+        "**no** = 0 is outside the interval.",
+        "",
+        "| A − B | seeds A / B | AUC diff | 95% CI | 0 in CI | UAUC diff | 95% CI | 0 in CI |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in diffs:
+        name = f"{d.get('a_label', d['a'])} − {d.get('b_label', d['b'])}"
+        if d.get("skipped"):
+            lines.append(f"| {name} | — | — | — | — | — | — | — ({d['skipped']}) |")
+            continue
+        seeds = d.get("seeds", {})
+        lines.append(
+            f"| {name} | {seeds.get(d['a'], '?')} / {seeds.get(d['b'], '?')} | "
+            + " | ".join(_interval_cells(d.get("auc")) + _interval_cells(d.get("uauc")))
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -210,12 +265,23 @@ def plot_comparison(
         (width / 2, uauc_vals, "#ef8636", "UAUC", 1),
     ):
         heights = [v if _finite(v) else 0.0 for v in values]
-        bars = ax.bar(x + offset, heights, width, label=f"{label} (measured)", color=color)
-        for bar, v in zip(bars, values, strict=True):
+        errors = [
+            (r.metrics or {}).get(f"{label.lower()}_std") if r.spread else None for r in rows
+        ]  # std over training seeds
+        bars = ax.bar(
+            x + offset,
+            heights,
+            width,
+            label=f"{label} (measured)",
+            color=color,
+            yerr=[e if _finite(e) else np.nan for e in errors] if any(_finite(e) for e in errors) else None,
+            capsize=3,
+        )
+        for bar, v, e in zip(bars, values, errors, strict=True):
             text = f"{v:.3f}" if _finite(v) else "n/a"
             ax.annotate(
                 text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                (bar.get_x() + bar.get_width() / 2, bar.get_height() + (e if _finite(e) else 0.0)),
                 ha="center",
                 va="bottom",
                 fontsize=7,

@@ -181,3 +181,227 @@ def test_command_line_runs_only_the_named_methods(tiny_artifacts, tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "unknown method" in bad.stderr
+
+
+# --- training seeds, protocols, differences ------------------------------------------------------------
+
+COPY = f'{sys.executable} -c "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2])"'
+
+
+def seeded_config(tmp_path, art, *, seeds=(1, 2), produce_extra="", **top):
+    """MF and a CoRA row whose seed s (1 or 2) is a copy of tmp/src_s<s> (two different tiny checkpoints);
+    `seeds=()`: the row without seeds, seed 1's checkpoint."""
+    import shutil
+
+    for s, src in ((1, art.checkpoints["cora"]), (2, f"{art.run_dir}/checkpoint_000000")):
+        if not (tmp_path / f"src_s{s}").exists():
+            shutil.copytree(src, tmp_path / f"src_s{s}")
+    cora = {
+        "name": "CoRA-MF",
+        "kind": "checkpoint",
+        "uri": str(tmp_path / "ck_s{seed}"),
+        "produce": [f"{COPY} {tmp_path}/src_s{{seed}} {tmp_path}/ck_s{{seed}}{produce_extra}"],
+    }
+    if seeds:
+        cora["seeds"] = list(seeds)
+    else:
+        cora["uri"] = cora["uri"].replace("{seed}", "1")
+        cora["produce"] = [c.replace("{seed}", "1") for c in cora["produce"]]
+    cfg = {
+        "name": "tiny",
+        "dataset": "ml-1m",
+        "data": art.data_uri,
+        "out": str(tmp_path / "cmp"),
+        "splits": ["test", "test_warm"],
+        "num_actors": 0,
+        "methods": [{"name": "MF", "kind": "cf", "uri": art.cf_uri}, cora],
+        "differences": [["CoRA-MF", "MF"]],
+        "bootstrap_resamples": 200,
+        **top,
+    }
+    path = tmp_path / "seeded.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return load_compare_config(str(path))
+
+
+def test_seeded_method_reports_mean_and_std_over_seeds_and_differences(tiny_artifacts, tmp_path):
+    import numpy as np
+
+    cfg = seeded_config(tmp_path, tiny_artifacts)
+    logs: list[str] = []
+    summary = run_compare(cfg, progress=False, log=logs.append)
+    out = tmp_path / "cmp"
+    for s in (1, 2):  # one evaluation per seed, in its own directory, with the protocol it was made with
+        run = out / "runs" / "cora-mf" / f"seed{s}"
+        assert read_results(str(run))["source"]["uri"] == str(tmp_path / f"ck_s{s}")
+        recorded = json.loads((run / "protocol.json").read_text())
+        assert recorded == cfg.methods[1].for_seed(s).protocol() and str(s) in recorded["produce"][0]
+    cora = summary["methods"][1]
+    per_seed = [cora["per_seed"][s]["metrics"]["test"]["auc"] for s in ("1", "2")]
+    assert per_seed[0] != per_seed[1]  # two different checkpoints
+    test = cora["metrics"]["test"]
+    assert test["auc"] == pytest.approx(np.mean(per_seed)) and test["n"] == 2
+    assert test["auc_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    md = (out / "comparison.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| CoRA-MF"))
+    assert f"{test['auc']:.4f} ± {test['auc_std']:.4f} (n=2)" in line
+    # the paired difference: observed = mean over CoRA's seeds minus MF, on the same test rows
+    diff = summary["differences"][0]
+    mf_auc = summary["methods"][0]["metrics"]["test"]["auc"]
+    assert diff["a"] == "CoRA-MF" and diff["seeds"] == {"CoRA-MF": 2, "MF": 1}
+    assert diff["auc"]["observed"] == pytest.approx(test["auc"] - mf_auc)
+    assert diff["auc"]["ci"][0] <= diff["auc"]["observed"] <= diff["auc"]["ci"][1]
+    assert diff["uauc"]["resampled"] == "users"
+    assert "### Differences" in md and "| CoRA-MF − MF | 2 / 1 |" in md
+    assert json.loads((out / "comparison.json").read_text())["differences"][0]["auc"]["resamples"] == 200
+
+    logs.clear()  # everything is collected the second time
+    again = run_compare(cfg, progress=False, log=logs.append)
+    assert sum("collected" in x for x in logs) == 3 and again["methods"][1]["metrics"] == cora["metrics"]
+
+
+def test_a_changed_protocol_is_labelled_or_rerun_never_silently_collected(tiny_artifacts, tmp_path):
+    first = seeded_config(tmp_path, tiny_artifacts)
+    before = run_compare(first, progress=False, log=lambda _: None)["methods"][1]["metrics"]
+    changed = seeded_config(tmp_path, tiny_artifacts, produce_extra=" --v2")  # another produce command
+    logs: list[str] = []
+    summary = run_compare(changed, collect_only=True, progress=False, log=logs.append)
+    cora = summary["methods"][1]
+    assert "other protocol" in cora["note"] and cora["metrics"] == before
+    assert "| CoRA-MF (other protocol) |" in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert sum("other protocol; not re-run" in x for x in logs) == 2
+    # running one seed again: it gets the new protocol; the other seed is left out of the row, not mixed in
+    logs.clear()
+    summary = run_compare(changed, only=["CoRA-MF@2"], progress=False, log=logs.append)
+    assert any("CoRA-MF seed 2" in x and "other protocol: re-running" in x for x in logs)
+    cora = summary["methods"][1]
+    assert cora["metrics"]["test"]["n"] == 1 and cora["per_seed"]["1"]["used"] is False
+    assert (
+        cora["per_seed"]["2"]["protocol"] == "current"
+        and "seed 1 of another protocol left out" in cora["note"]
+    )
+    with pytest.raises(ConfigError, match="has no seed 3"):
+        run_compare(changed, only=["CoRA-MF@3"], progress=False, log=lambda _: None)
+
+
+def test_results_from_before_seeds_are_collected_as_old_protocol(tiny_artifacts, tmp_path):
+    single = seeded_config(tmp_path, tiny_artifacts, seeds=())
+    before = run_compare(single, progress=False, log=lambda _: None)["methods"][1]["metrics"]["test"]
+    assert (tmp_path / "cmp" / "runs" / "cora-mf" / "protocol.json").is_file()
+    seeded = seeded_config(tmp_path, tiny_artifacts)
+    summary = run_compare(seeded, collect_only=True, progress=False, log=lambda _: None)
+    cora = summary["methods"][1]
+    assert cora["note"] == "old protocol" and cora["protocol"] == ["old protocol"]
+    assert cora["metrics"]["test"]["auc"] == before["auc"] and cora["metrics"]["test"]["n"] == 1
+    assert list(cora["per_seed"]) == ["before_seeds"] and cora["runs"] == [str(tmp_path / "cmp/runs/cora-mf")]
+    assert not (tmp_path / "ck_s2").exists()  # collect-only produced nothing
+    # once the seeds ran, an evaluation without seeds would overwrite them: refused
+    run_compare(seeded, only=["CoRA-MF@1"], progress=False, log=lambda _: None)
+    with pytest.raises(StorageError, match="holds per-seed results \\(seed1\\)"):
+        run_compare(single, rerun=True, only=["CoRA-MF"], progress=False, log=lambda _: None)
+
+
+def test_differences_refuse_methods_scored_on_different_rows(tiny_artifacts, tmp_path):
+    from cora_ray.errors import DataError
+    from cora_ray.eval.evaluate import evaluate
+    from cora_ray.infer.source import ScorerSource
+
+    sample = str(tmp_path / "mf_sample")
+    evaluate(
+        ScorerSource("cf", uri=tiny_artifacts.cf_uri, data_uri=tiny_artifacts.data_uri),
+        sample,
+        splits=["test", "test_warm"],
+        limit=10,
+        num_actors=0,
+        progress=False,
+    )
+    cfg = seeded_config(
+        tmp_path,
+        tiny_artifacts,
+        differences=[["MF", "MF-sample"]],
+        methods=[
+            {"name": "MF", "kind": "cf", "uri": tiny_artifacts.cf_uri},
+            {"name": "MF-sample", "kind": "results", "uri": sample},
+        ],
+    )
+    with pytest.raises(DataError, match="MF and MF-sample scored different rows"):
+        run_compare(cfg, progress=False, log=lambda _: None)
+
+
+def test_seed_and_difference_settings_are_checked(tiny_artifacts, tmp_path):
+    path = write_config(tmp_path, tiny_artifacts)
+    data = yaml.safe_load(path.read_text())
+
+    def load(edit):
+        d = json.loads(json.dumps(data))
+        edit(d)
+        path.write_text(yaml.safe_dump(d))
+        return load_compare_config(str(path))
+
+    with pytest.raises(ConfigError, match="with seeds, uri must contain \\{seed\\}"):
+        load(lambda d: d["methods"][4].update(seeds=[1, 2]))
+    with pytest.raises(ConfigError, match="needs a list of seeds"):
+        load(lambda d: d["methods"][4].update(uri=d["methods"][4]["uri"] + "_{seed}"))
+    with pytest.raises(ConfigError, match="seeds repeat"):
+        load(lambda d: d["methods"][4].update(seeds=[1, 1], uri="x_{seed}"))
+    with pytest.raises(ConfigError, match="zero_shot method trains nothing"):
+        load(lambda d: d["methods"][3].update(seeds=[1]))
+    with pytest.raises(ConfigError, match="unknown method\\(s\\) \\['Nope'\\]"):
+        load(lambda d: d.update(differences=[["MF", "Nope"]]))
+    with pytest.raises(ConfigError, match="with itself"):
+        load(lambda d: d.update(differences=[["MF", "MF"]]))
+
+
+def test_a_checkpoint_not_trained_as_its_command_says_is_refused(tiny_artifacts, tmp_path):
+    from cora_ray.eval.compare import CompareMethod, check_trained_as
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(to_dict(tiny_artifacts.config("cora"))))
+    ckpt = tiny_artifacts.checkpoints["cora"]
+
+    def method(*overrides):
+        cmd = f"{{python}} jobs/train.py --config {exp} {' '.join(overrides)} train.run_name=x train.storage_path=y"
+        return CompareMethod("CoRA-MF", "checkpoint", uri=ckpt, produce=[cmd])
+
+    check_trained_as(method(), ckpt)  # the command's config is the checkpoint's (run name and storage aside)
+    check_trained_as(method("train.eval_seed=42"), ckpt)  # a key's default counts where a checkpoint lacks it
+    with pytest.raises(ConfigError, match="train.eval_limit=None \\(the command: 1000\\)"):
+        check_trained_as(method("train.eval_limit=1000"), ckpt)
+    with pytest.raises(ConfigError, match="model.method='cora' \\(the command: 'tallrec'\\)"):
+        check_trained_as(method("model.method=tallrec", "model.cf_artifact=null"), ckpt)
+    # commands that are not jobs/train.py are not compared
+    check_trained_as(CompareMethod("X", "checkpoint", uri=ckpt, produce=["cp -r a b"]), ckpt)
+
+
+def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
+    from pathlib import Path
+
+    from cora_ray.config import ExperimentConfig, load_config
+    from cora_ray.eval.compare import train_command_config
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)  # the commands name configs/demo.yaml relative to the repository
+    cfg = load_compare_config(str(repo / "configs" / "compare_ml1m_cpu.yaml"))
+    seeded = {m.name: m for m in cfg.methods if m.seeds}
+    assert set(seeded) == {"TALLRec", "CoRA-MF", "CoRA-LightGCN", "CoRA-SASRec"}
+    for m in seeded.values():
+        assert m.seeds == [42, 43, 44]
+        for s in m.seeds:
+            t = train_command_config(m.for_seed(s).produce[0]).train
+            assert (t.max_steps, t.global_batch_size, t.num_workers, t.micro_batch_size) == (250, 8, 2, 4)
+            assert (t.eval_every, t.eval_limit, t.eval_seed, t.seed) == (250, 1000, 42, s)
+    # CoRA-SASRec seed 42 is exactly the run trained by hand for it (so that the run is collected)
+    by_hand = (
+        "model.method=cora model.cf_artifact=artifacts/cf/sasrec train.max_steps=250 train.num_workers=2 "
+        "train.micro_batch_size=4 train.eval_every=250 train.eval_limit=1000 train.storage_path=runs/ml1m_cpu "
+        "train.run_name=cora_sasrec_s42"
+    ).split()
+    want = load_config(ExperimentConfig, str(repo / "configs" / "demo.yaml"), by_hand)
+    assert train_command_config(seeded["CoRA-SASRec"].for_seed(42).produce[0]) == want
+    assert seeded["CoRA-SASRec"].for_seed(42).uri == "runs/ml1m_cpu/cora_sasrec_s42"
+    assert [list(p) for p in cfg.differences] == [
+        ["CoRA-MF", "CoLLM-MF"],
+        ["CoRA-MF", "SASRec"],
+        ["CoRA-MF", "MF"],
+        ["CoRA-SASRec", "SASRec"],
+    ]
