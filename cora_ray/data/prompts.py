@@ -198,7 +198,7 @@ class PromptEncoder:
     split_suffix: tokenise the prefix (everything before the target title) and the suffix (the target title
       and what follows) separately and return `suffix_pos`: then a row's prefix tokens depend on the prefix
       text alone, identical for all of a user's candidates (`model.delta_scope` user_prefix / suffix share
-      them; docs/method.md §2.4). Off, the whole text is tokenised at once (the paper's method).
+      them; docs/method.md §2.5). Off, the whole text is tokenised at once (the paper's method).
 
     Budget: every title's token count (as ` "Title",`) is computed once here; a prompt over
     `cfg.max_prompt_tokens` drops as many oldest titles as those counts say are needed and only that row

@@ -30,7 +30,7 @@ from cora_ray.model.targets import replace_targets
 
 @dataclasses.dataclass(frozen=True)
 class Delta:
-    """What the collaborative layers apply to one batch (docs/method.md §2.4, `model.delta_scope`).
+    """What the collaborative layers apply to one batch (docs/method.md §2.5, `model.delta_scope`).
 
     G (B, d_model, r): the per-row weights. Without `suffix_mask` they apply at every position (the paper's
     method). With `suffix_mask` (B, T) bool — True from each row's target title on — G applies only there, and
