@@ -3,7 +3,9 @@
 - `ZeroShotModel`: the frozen LLM and the prompt; nothing trained.
 - `TALLRecModel`: one shared LoRA (A and B learned; r = 8, alpha = 16 on q_proj, v_proj), text only.
 - `CoLLMModel`: an MLP maps the CF vectors e_u, e_i to two token embeddings that replace the input
-  embeddings at the prompt's user and item placeholders; the LLM stays frozen.
+  embeddings at the prompt's user and item placeholders. `model.collm_variant=faithful` (the authors'
+  recipe, docs/method.md §8) puts a TALLRec LoRA under it, loaded from a stage-1 checkpoint and kept frozen;
+  `mapping_only` (an ablation) trains the MLP on the plain frozen LLM.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from torch import nn
 
 from cora_ray.cf.base import CFBackbone
 from cora_ray.config import ModelConfig
-from cora_ray.errors import ModelError
+from cora_ray.errors import ArtifactMismatchError, ModelError
 from cora_ray.model.base import RecModel, freeze, last_hidden_state
-from cora_ray.model.lora_linear import inject_lora_layers
+from cora_ray.model.lora_linear import LoRALinear, inject_lora_layers
 
 if TYPE_CHECKING:
     from cora_ray.llm.loaded import LoadedLLM
@@ -53,14 +55,25 @@ class TALLRecModel(RecModel):
         return self.score_hidden(h)  # (B,)
 
 
+# The authors' mapping: Linear(D, D·10) → ReLU → Linear(D·10, d_model) ("proj_mid_times: 10" in their configs)
+AUTHORS_HIDDEN_TIMES = 10
+MAPPING_ONLY_HIDDEN = 1024  # the mapping-only width when model.collm_hidden is null (its default before it could be)
+
+
 class CoLLMModel(RecModel):
     """CoLLM: CF vectors as prompt tokens.
 
         x_u = MLP(e_u), x_i = MLP(e_i)      (B, d_model) each, one MLP shared by users and items
         embeds[b, user_pos[b]] = x_u[b];  embeds[b, item_pos[b]] = x_i[b]
 
-    then the frozen LLM runs on the edited `inputs_embeds`. Placeholder positions come with the batch
-    (the prompt builder knows where it put them; left padding is already included).
+    then the LLM runs on the edited `inputs_embeds`: with `cfg.collm_uses_lora` (the faithful variant)
+    through a TALLRec LoRA on `cfg.lora_targets` — loaded from the stage-1 checkpoint by `load_stage1_lora`
+    and frozen when `cfg.collm_freeze_lora` — otherwise the plain frozen LLM. Placeholder positions come
+    with the batch (the prompt builder knows where it put them; left padding is already included).
+
+    Its checkpoint state ("trainable" in the RecModel contract: what is not the base LLM) is the MLP and,
+    in the faithful variant, the LoRA factors even while frozen, so that a stage-2 checkpoint scores alone;
+    the optimizer takes only the parameters that require grad (cora_ray/train/deepspeed_config.py).
     """
 
     method = "collm"
@@ -74,9 +87,23 @@ class CoLLMModel(RecModel):
                 "CoLLM needs a CF backbone (model.cf_artifact): its vectors become prompt tokens"
             )
         self.cf = freeze(cf).eval()
+        self.lora_layers: dict[str, LoRALinear] = {}
+        self._lora_names: set[str] = set()
+        self.lora_targets = list(cfg.lora_targets)
+        if cfg.collm_uses_lora:
+            self.lora_layers = inject_lora_layers(
+                self.lm, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, cfg.dropout
+            )
+            self._lora_names = {n for n, _ in self.named_parameters() if ".lora_" in n}
+            if cfg.collm_freeze_lora:
+                for layer in self.lora_layers.values():
+                    freeze(layer)  # lora_A, lora_B (its base_layer is frozen already)
+        hidden = cfg.collm_hidden or (
+            AUTHORS_HIDDEN_TIMES * cf.dim if cfg.collm_uses_lora else MAPPING_ONLY_HIDDEN
+        )
         device = next(self.lm.parameters()).device
         self.projector = nn.Sequential(
-            nn.Linear(cf.dim, cfg.collm_hidden), nn.ReLU(), nn.Linear(cfg.collm_hidden, self.d_model)
+            nn.Linear(cf.dim, hidden), nn.ReLU(), nn.Linear(hidden, self.d_model)
         ).to(device)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -91,3 +118,59 @@ class CoLLMModel(RecModel):
         embeds = embeds.index_put((rows, batch["item_pos"].to(embeds.device)), x_i.to(embeds.dtype))
         h = last_hidden_state(self.lm, batch["attention_mask"], inputs_embeds=embeds)  # (B, d)
         return self.score_hidden(h)  # (B,)
+
+    # --- checkpoint state: the MLP and the LoRA (frozen or not) ----------------------------------------------
+    def _state_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad or n in self._lora_names}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The checkpointed parameters (MLP + LoRA); ZeRO-3 gathers these to write a checkpoint."""
+        return list(self._state_parameters().values())
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self._state_parameters().items()}
+
+    def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        _copy_named(self._state_parameters(), state, f"trainable state does not fit this {self.method} model")
+
+    def load_stage1_lora(self, state: Mapping[str, torch.Tensor], model_config: Mapping, source: str) -> None:
+        """Stage 2 starts here: copy a stage-1 checkpoint's LoRA tensors (`state`, its `trainable`; its
+        config's model section `model_config`) into this model's LoRA. They must be exactly this model's
+        LoRA tensors, of the same rank and alpha; `source` names the checkpoint in errors."""
+        if not self.lora_layers:
+            raise ModelError(
+                "this CoLLM has no LoRA to initialise (model.collm_variant=faithful puts one on the LLM)"
+            )
+        layer = next(iter(self.lora_layers.values()))
+        theirs = (int(model_config.get("lora_rank", -1)), float(model_config.get("lora_alpha", -1.0)))
+        if theirs != (layer.rank, layer.scaling * layer.rank):
+            raise ArtifactMismatchError(
+                f"model.init_from {source}: its LoRA has rank {theirs[0]}, alpha {theirs[1]:g}; this model's "
+                f"rank {layer.rank}, alpha {layer.scaling * layer.rank:g} (set model.lora_rank / lora_alpha "
+                "to the stage-1 run's)"
+            )
+        lora = {n: p for n, p in self.named_parameters() if n in self._lora_names}
+        _copy_named(
+            lora,
+            state,
+            f"model.init_from {source} is not a stage-1 LoRA checkpoint for this model (expected exactly the "
+            f"LoRA tensors of a method tallrec run with lora_targets {self.lora_targets})",
+        )
+
+
+def _copy_named(params: Mapping[str, nn.Parameter], state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Copy `state` into `params`; names and shapes must match exactly (else ArtifactMismatchError: `what`)."""
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ArtifactMismatchError(
+            f"{what}: missing {missing[:3]}{' ...' if len(missing) > 3 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)})"
+        )
+    for name, p in params.items():
+        if tuple(state[name].shape) != tuple(p.shape):
+            raise ArtifactMismatchError(
+                f"{what}: tensor '{name}' has shape {tuple(state[name].shape)} there, {tuple(p.shape)} here"
+            )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name])

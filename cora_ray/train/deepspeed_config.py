@@ -148,12 +148,16 @@ def parameter_dtypes(model: nn.Module, *, trainable: bool) -> list[str]:
 
 
 def check_precision(model: Any, llm_dtype: torch.dtype, *, when: str) -> None:
-    """Trainable parameters fp32 (the master weights) and the frozen LLM in `llm_dtype`, or TrainingError."""
+    """Trainable parameters fp32 (the master weights) and the frozen LLM in `llm_dtype`, or TrainingError.
+
+    `model.trainable_parameters()` (what the checkpoint holds) count as trainable here even when frozen: a
+    faithful CoLLM's stage-1 LoRA sits inside the LLM, frozen, and stays fp32 like the weights it was trained as."""
+    kept = {id(p) for p in model.trainable_parameters()}
     bad = sorted(
         {
             f"{n}: {p.dtype}"
             for n, p in model.named_parameters()
-            if p.requires_grad and p.dtype != TRAINABLE_DTYPE
+            if (p.requires_grad or id(p) in kept) and p.dtype != TRAINABLE_DTYPE
         }
     )
     if bad:
@@ -161,6 +165,6 @@ def check_precision(model: Any, llm_dtype: torch.dtype, *, when: str) -> None:
             f"{when}: {len(bad)} trainable parameter(s) are not {TRAINABLE_DTYPE} (e.g. {bad[0]}); the trainable "
             "parts must stay fp32 master weights (DeepSpeed's bf16/fp16 modes must be off: deepspeed_config.py)"
         )
-    lm = sorted({str(p.dtype) for p in model.lm.parameters() if not p.requires_grad})
+    lm = sorted({str(p.dtype) for p in model.lm.parameters() if not p.requires_grad and id(p) not in kept})
     if lm != [str(llm_dtype)]:
         raise TrainingError(f"{when}: the frozen LLM's parameters are {lm}, expected {llm_dtype} (llm.dtype)")

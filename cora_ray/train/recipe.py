@@ -47,7 +47,7 @@ from cora_ray import storage
 from cora_ray.cf import load_cf_artifact
 from cora_ray.checkpoint import check_compatible, load_trainable, read_checkpoint_manifest
 from cora_ray.config import ExperimentConfig, from_dict
-from cora_ray.errors import TrainingError
+from cora_ray.errors import ArtifactMismatchError, TrainingError
 from cora_ray.llm.loading import load_llm
 from cora_ray.model.build import build_model, model_class
 from cora_ray.train.deepspeed_config import (
@@ -187,6 +187,8 @@ class CoRATrainingRecipe:
         self.restored = open_restore_point(self.spec, self.stack)
         self.state = TrainState(world_size=self.world, zero_stage=self.t.zero_stage)
         if self.restored is None:
+            if self.cfg.model.init_from:
+                self._init_from(self.cfg.model.init_from)
             return
         r = self.restored
         check_compatible(r.manifest, uri=r.source, llm_weight_hash=self.llm.weight_hash)
@@ -197,6 +199,22 @@ class CoRATrainingRecipe:
             prev, world_size=self.world, zero_stage=self.t.zero_stage, stopped_early=False
         )
 
+    def _init_from(self, uri: str) -> None:
+        """A fresh run's start from another run's checkpoint (`model.init_from`; CoLLM stage 2: the stage-1
+        TALLRec LoRA), refused unless its base LLM, dataset and answer tokens are this run's."""
+        endpoint = self.spec.endpoint
+        manifest = read_checkpoint_manifest(uri, endpoint)
+        check_compatible(
+            manifest, uri=uri, llm_weight_hash=self.llm.weight_hash, dataset_hash=self.spec.dataset_hash
+        )
+        theirs = (manifest["answer_token_id"], manifest["negative_token_id"])
+        if theirs != self.model.answer_tokens:
+            raise ArtifactMismatchError(
+                f"model.init_from {uri} scores answer / negative tokens {theirs}, this run {self.model.answer_tokens}; "
+                "use the stage-1 run's llm.answer_token / llm.negative_token"
+            )
+        self.model.load_stage1_lora(load_trainable(uri, manifest, endpoint), manifest["config"]["model"], uri)
+
     def _setup_engine(self) -> None:
         """deepspeed.initialize with the client AdamW and the warm-up + cosine schedule; Adam moments restored."""
         t = self.t
@@ -204,7 +222,8 @@ class CoRATrainingRecipe:
         import deepspeed  # after setup_process and disable_hidden_compiles: both act on DeepSpeed's import
 
         optimizer = build_optimizer(self.model, t, self.frozen)
-        self.trainable_numel = sum(p.numel() for p in self.model.trainable_parameters())
+        # what the optimizer updates (a faithful CoLLM also checkpoints its frozen stage-1 LoRA: not counted)
+        self.trainable_numel = sum(p.numel() for p in self.model.trainable_parameters() if p.requires_grad)
         if t.zero_stage == 3:
             register_external_params(self.model)
         sched = dict(
@@ -273,8 +292,9 @@ class CoRATrainingRecipe:
             trainable_parameters=self.trainable_numel,
         )
         if self.rank == 0:
+            init = self.cfg.model.init_from
             what = (
-                "from scratch"
+                ("from scratch" + (f", LoRA from {init} (model.init_from)" if init else ""))
                 if self.restored is None
                 else f"from step {self.state.step} ({restored_from}; optimizer {self.optimizer_note})"
             )
