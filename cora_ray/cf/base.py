@@ -15,6 +15,8 @@ class CFBackbone(nn.Module):
     name: str = "base"
     dim: int
     """D, the width of the user and item vectors (what CoRA's generator and CoLLM's projector take in)."""
+    num_items: int
+    """Item ids are 1..num_items (0 = padding): the catalogue `score_all_items` scores."""
     uses_history: bool = False
     """The user vector encodes the user's positive history (so it needs `history`, and anything cached per
     user vector — serving's G cache — must be keyed by the history too). Asked instead of the backbone name."""
@@ -45,6 +47,16 @@ class CFBackbone(nn.Module):
     ) -> torch.Tensor:
         """(B,) logits of "user likes item": dot product of the two vectors."""
         return (self.user_vectors(user_ids, history) * self.item_vectors(item_ids)).sum(-1)
+
+    def score_all_items(self, user_ids: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) user ids [+ (B, H) history, as for `user_vectors`] → (B, num_items + 1): every item id's logit
+        for each user — what `score` gives each (user, item) pair, as one matrix product (catalogue-wide
+        retrieval, cora_ray/infer/catalogue.py). Column 0, the padding id, is -inf so that it never ranks."""
+        users = self.user_vectors(user_ids, history)
+        items = self.item_vectors(torch.arange(self.num_items + 1, device=users.device))
+        out = users @ items.T
+        out[:, 0] = float("-inf")
+        return out
 
     def embed(
         self, user_ids: torch.Tensor, item_ids: torch.Tensor, history: torch.Tensor | None = None

@@ -238,6 +238,13 @@ class LightGCN(_Base):
         users, items = self.propagate()  # one propagation for both sides
         return (users[user_ids.long()] * items[item_ids.long()]).sum(-1)
 
+    def score_all_items(self, user_ids: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_ids(user_ids, self.num_users, "user")
+        users, items = self.propagate()  # one propagation for both sides (also with gradients on)
+        out = users[user_ids.long()] @ items.T
+        out[:, 0] = float("-inf")
+        return out
+
 
 class _Block(nn.Module):
     """One SASRec block (Kang & McAuley 2018): Q = LN(x); x = Q + MHA(Q, x, x); x = LN(x); x = x + FFN(x)."""
