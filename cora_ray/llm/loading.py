@@ -27,11 +27,14 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from cora_ray import storage
 from cora_ray.config import LLMConfig
@@ -68,9 +71,10 @@ def load_llm(
     tokenizer = AutoTokenizer.from_pretrained(
         str(local_dir), trust_remote_code=cfg.trust_remote_code, local_files_only=True
     )
-    model = AutoModelForCausalLM.from_pretrained(
-        str(local_dir), dtype=torch_dtype, trust_remote_code=cfg.trust_remote_code, local_files_only=True
-    )
+    with _without_progress_bars():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(local_dir), dtype=torch_dtype, trust_remote_code=cfg.trust_remote_code, local_files_only=True
+        )
     model.to(device)
     # The hash names the stored weights; only a directory without safetensors is hashed from the model.
     weight_hash = directory_weight_hash(
@@ -85,6 +89,22 @@ def load_llm(
         weight_hash=weight_hash,
         local_dir=local_dir,
     )
+
+
+@contextmanager
+def _without_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off for the block: the "Loading weights" bar `from_pretrained` draws,
+    which every Ray worker and scoring actor would print (a fraction of a second each; the project prints
+    its own start-up line). The load is `local_files_only`, so no download bar is hidden; the switch is
+    restored after, and left alone where the user turned bars off (HF_HUB_DISABLE_PROGRESS_BARS)."""
+    if not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def resolve_model_dir(cfg: LLMConfig, root: Path) -> tuple[Path, str]:

@@ -10,7 +10,11 @@
     valid = ReplayedShard(ray.train.get_dataset_shard("valid"), batch_size=8, pad_id=0)  # encoded once
 
 - `read_parquet` streams the split's parts (local or s3://, pyarrow filesystem passed explicitly so that the
-  endpoint reaches every read task); rows are never collected in one process.
+  endpoint reaches every read task); rows are never collected in one process. Ray Data lists a Parquet
+  read by reading the files' footers on a pool of `FooterReader` actors, 32 requested per read by default,
+  one Python process each: on a 2-core machine a demo run started 31 worker processes (18 with one reader)
+  and the raylet warned "N PYTHON worker processes ... Nx the maximum expected startup concurrency". A
+  split here is a few files, so one footer reader is enough (`footer_readers`; docs/platform_notes.md §5).
 - Titles are attached and prompts built + tokenised by the project's `PromptEncoder` inside `map_batches`
   on CPU actors, overlapped with training (cora_ray/data/batching.py `encode_rows`).
 - Rows travel through the object store unpadded: `input_ids` is a list<int32> column, each row its own
@@ -25,7 +29,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -36,6 +42,10 @@ from cora_ray.data.batching import collate, to_arrow
 from cora_ray.errors import DataError
 
 READ_COLUMNS = ["user_id", "item_id", "label", "history"]
+# Ray Data (datasource V2) reads this variable when `read_parquet` is called, in the calling process, to size
+# the pool of actors that read the files' footers (its default: 32 actors, one Python process each)
+FOOTER_READERS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+FOOTER_READERS = 1
 
 
 def row_keys(user_id: np.ndarray, item_id: np.ndarray) -> np.ndarray:
@@ -61,6 +71,20 @@ def _keep_rows(batch: dict[str, np.ndarray], keys: np.ndarray) -> dict[str, np.n
     """map_batches filter: keep the rows whose (user, item) key is in `keys` (sorted, unique)."""
     mask = np.isin(row_keys(batch["user_id"], batch["item_id"]), keys, assume_unique=False)
     return {k: v[mask] for k, v in batch.items()}
+
+
+@contextmanager
+def footer_readers(count: int = FOOTER_READERS) -> Iterator[None]:
+    """Within the block, a `ray.data.read_parquet` call lists its files with `count` footer-reading actors
+    instead of Ray Data's 32. A value the user set in the environment wins; the variable is restored after."""
+    if FOOTER_READERS_ENV in os.environ:
+        yield
+        return
+    os.environ[FOOTER_READERS_ENV] = str(count)
+    try:
+        yield
+    finally:
+        del os.environ[FOOTER_READERS_ENV]
 
 
 class EncodePrompts:
@@ -106,7 +130,8 @@ def split_dataset(
     import ray.data
 
     fs, path = storage.filesystem(protocol.split_dir(data_uri, split), endpoint)
-    ds = ray.data.read_parquet(path, filesystem=fs).select_columns(READ_COLUMNS)
+    with footer_readers():
+        ds = ray.data.read_parquet(path, filesystem=fs).select_columns(READ_COLUMNS)
     if keep_keys is not None:
         ds = ds.map_batches(_keep_rows, fn_args=(np.unique(keep_keys),), batch_format="numpy", num_cpus=0.25)
     if global_shuffle:
