@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from cora_ray import storage
+from cora_ray.capabilities import capabilities
 from cora_ray.config import ExperimentConfig
 
 CF_BACKBONES = ("lightgcn", "sasrec", "mf")  # looked for in this order (a name holding "mf" may be "..._mf")
@@ -32,14 +33,14 @@ def prepare_data_command(cfg: ExperimentConfig, out: str, python: str = "python"
 
 
 def guess_backbone(cfg: ExperimentConfig) -> str:
-    """The CF backbone a config's artifact was meant to be (from its URI, else the config name), else 'mf'
-    for CoLLM, else the three choices."""
+    """The CF backbone a config's artifact was meant to be (from its URI, else the config name), else the
+    one the method's paper pairs it with (CoLLM: MF; cora_ray/capabilities.py), else the three choices."""
     uri = (cfg.model.cf_artifact or "").rstrip("/")
     for text in (uri.rsplit("/", 1)[-1].lower(), cfg.name.lower()):
         for backbone in CF_BACKBONES:
             if backbone in text:
                 return backbone
-    return "mf" if cfg.model.method == "collm" else "mf|lightgcn|sasrec"
+    return capabilities(cfg.model.method).paper_cf_backbone or "mf|lightgcn|sasrec"
 
 
 def pretrain_cf_command(cfg: ExperimentConfig, python: str = "python") -> str:
@@ -129,7 +130,7 @@ def missing_inputs_message(cfg: ExperimentConfig) -> str | None:
             f"`{prepare_data_command(cfg, cfg.data.uri)}`"
         )
     uri = cfg.model.cf_artifact
-    if cfg.model.method in ("cora", "collm") and uri and not has_manifest(uri, endpoint):
+    if capabilities(cfg.model.method).needs_cf and uri and not has_manifest(uri, endpoint):
         problems.append(
             f"CF artifact not found: {uri} {state(uri)}; make it with `{pretrain_cf_command(cfg)}`"
         )
