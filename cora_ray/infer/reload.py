@@ -69,7 +69,7 @@ class PreparedReload:
                     params[name].copy_(t)
                     del t
             if self.cf is not None:
-                scorer.model.cf = freeze(self.cf).eval().to(next(scorer.model.parameters()).device)
+                scorer.model.cf = freeze(self.cf).eval().to(scorer.device)
                 scorer.cf = self.cf
             if dataclasses.asdict(self.config.prompt) != dataclasses.asdict(scorer.config.prompt):
                 scorer.encoder = _encoder(scorer.llm, self.config, scorer.titles, scorer.model)
@@ -129,22 +129,25 @@ def prepare_reload(
     """Read and check checkpoint `uri` against what `scorer` serves; nothing in `scorer` changes."""
     from cora_ray.infer.scorer import _check_answer_tokens, _load_cf_for_checkpoint, cf_artifact_hash
 
+    if scorer.llm is None:
+        raise ModelError(
+            f"cannot reload {uri}: this Scorer was built without its base LLM (llm=None); a reload checks "
+            "the checkpoint against the served LLM's weight hash (Scorer.from_checkpoint / from_base_llm)"
+        )
     manifest = read_checkpoint_manifest(uri, endpoint)
-    served_hash = (scorer.manifest.get("base_llm") or {}).get("weight_hash") or getattr(
-        scorer.llm, "weight_hash", None
-    )
-    new_hash = (manifest.get("base_llm") or {}).get("weight_hash")
-    if not served_hash or new_hash != served_hash:
+    # the LLM in memory (its checkpoint was checked against it on load) and the field every checkpoint has
+    served_hash, new_hash = scorer.llm.weight_hash, manifest["base_llm"]["weight_hash"]
+    if new_hash != served_hash:
         raise ArtifactMismatchError(
             f"checkpoint {uri} was trained on base LLM weight hash {new_hash}, but this replica serves base "
             f"LLM weight hash {served_hash}: a reload in place keeps the loaded LLM; to serve another base "
             "LLM deploy it as a new application version (change the app args: new replicas load it)"
         )
     config = from_dict(ExperimentConfig, manifest["config"], source=f"{uri}/manifest.json config")
-    if manifest.get("method") != scorer.manifest.get("method"):
+    if manifest["method"] != scorer.method:
         raise ArtifactMismatchError(
-            f"checkpoint {uri} is method {manifest.get('method')!r}, the replica serves "
-            f"{scorer.manifest.get('method')!r}: deploy it as a new application version"
+            f"checkpoint {uri} is method {manifest['method']!r}, the replica serves "
+            f"{scorer.method!r}: deploy it as a new application version"
         )
     _check_same_shape(scorer.config, config, uri)
     check_compatible(manifest, uri=uri, dataset_hash=scorer.dataset_hash)
