@@ -1,7 +1,7 @@
 """The one manifest module: read, kind/version check, content hash and atomic write for every kind.
 
 A published directory (docs/architecture.md §3: the protocol dataset §3.1, the CF artifact §3.2, the
-checkpoint §3.4) is complete when its `manifest.json` exists; the manifest is written last and is what
+checkpoint §3.4, an evaluation's results §3.5) is complete when its `manifest.json` exists; the manifest is written last and is what
 readers open first. Each kind is a `ManifestKind` declaration below — the field that names the kind, the
 versions this code reads, the fields every manifest of it has — and these functions do the rest:
 
@@ -18,7 +18,9 @@ covers the data too: a checkpoint's hash changes when its trainable tensors chan
 another recorded field (config, base LLM, CF artifact, dataset, metrics, step) do. A checkpoint's `alias_of`
 (the run's `best` alias, cora_ray/train/best_alias.py) is not hashed, so the alias has the hash of the
 checkpoint it copies. Checkpoints written before the hash existed (version 1 without `hash`) still load:
-their hash is computed when they are read.
+their hash is computed when they are read. The evaluation manifest (cora_ray/eval/evaluate.py) has no
+`hash`: it records no digest of metrics.json or the score files, so a hash of it would vouch for nothing
+but its own summary; it is written and read here, in the format the committed results already have.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class ManifestKind:
     version: the version written; readable: the versions read (an old version stays readable here).
     required: fields every manifest of the kind has (besides kind_field, `version` and `hash`).
     unhashed: fields outside the content hash (besides `hash`).
-    hash_optional: manifests without `hash` are accepted and hashed on read (written before it existed)."""
+    hash_optional: manifests without `hash` are accepted and hashed on read (written before it existed).
+    hashed: False for a kind whose manifests carry no `hash` at all (nothing set on write, nothing checked)."""
 
     name: str
     kind_field: str
@@ -54,6 +57,7 @@ class ManifestKind:
     required: tuple[str, ...]
     unhashed: tuple[str, ...] = ()
     hash_optional: bool = False
+    hashed: bool = True
 
 
 DATASET = ManifestKind(
@@ -82,6 +86,15 @@ CHECKPOINT = ManifestKind(
     unhashed=("alias_of",),
     hash_optional=True,
 )
+EVALUATION = ManifestKind(
+    name="evaluation",
+    kind_field="kind",
+    kind="cora_ray.evaluation",
+    version=1,
+    readable=(1,),
+    required=("files", "name", "method", "data_hash", "splits"),
+    hashed=False,
+)
 
 
 def content_hash(kind: ManifestKind, manifest: dict) -> str:
@@ -92,11 +105,12 @@ def content_hash(kind: ManifestKind, manifest: dict) -> str:
 
 
 def stamp(kind: ManifestKind, fields: dict) -> dict:
-    """The manifest to write: `fields` with the kind field, the current version and `hash` set."""
+    """The manifest to write: `fields` with the kind field, the current version and (if hashed) `hash` set."""
     manifest = {k: v for k, v in fields.items() if k != "hash"}
     manifest[kind.kind_field] = kind.kind
     manifest["version"] = kind.version
-    manifest["hash"] = content_hash(kind, manifest)
+    if kind.hashed:
+        manifest["hash"] = content_hash(kind, manifest)
     return manifest
 
 
@@ -114,6 +128,8 @@ def check(kind: ManifestKind, manifest: dict, uri: str) -> dict:
     missing = [f for f in kind.required if f not in manifest]
     if missing:
         raise StorageError(f"{uri}: {kind.name} manifest lacks field(s) {missing}")
+    if not kind.hashed:
+        return manifest
     actual = content_hash(kind, manifest)
     if "hash" not in manifest and kind.hash_optional:
         return {**manifest, "hash": actual}

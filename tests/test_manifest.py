@@ -1,11 +1,17 @@
-"""cora_ray/manifest.py: one read / check / hash / atomic write for the dataset, CF artifact and checkpoint."""
+"""cora_ray/manifest.py: one read / check / hash / atomic write for the dataset, CF artifact, checkpoint and
+evaluation results."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,10 +28,13 @@ from cora_ray.checkpoint import (
 from cora_ray.data import protocol
 from cora_ray.data.synthetic import prepare_synthetic
 from cora_ray.errors import StorageError
+from cora_ray.eval.evaluate import read_results, read_scores, write_results
 from cora_ray.train.best_alias import best_alias_uri, publish_best
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = (manifests.DATASET, manifests.CF_ARTIFACT, manifests.CHECKPOINT)
+KINDS = (manifests.DATASET, manifests.CF_ARTIFACT, manifests.CHECKPOINT, manifests.EVALUATION)
+HASHED = tuple(k for k in KINDS if k.hashed)
+COMMITTED_RESULTS = REPO / "results" / "compare_ml1m_cpu"
 # the smallest field set each kind requires (values are only stored and hashed here)
 FIELDS = {
     manifests.DATASET.name: {"dataset": "toy", "counts": {"train": 1}, "users": 1, "items": 1},
@@ -43,6 +52,13 @@ FIELDS = {
         "dataset_hash": "d" * 64,
         "step": 3,
         "trainable": {"file": "trainable.safetensors", "sha256": "0" * 64},
+    },
+    manifests.EVALUATION.name: {
+        "files": ["metrics.json", "report.md", "scores/test.parquet"],
+        "name": "CoRA-MF",
+        "method": "cora",
+        "data_hash": "d" * 64,
+        "splits": {"test": {"auc": 0.7, "rows": 10, "uauc": 0.6}},
     },
 }
 
@@ -134,8 +150,9 @@ def test_wrong_kind_is_refused_naming_both(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
 def test_unknown_version_is_refused_naming_both(kind, tmp_path):
-    future = {**manifests.stamp(kind, FIELDS[kind.name]), "version": 2}
-    future["hash"] = manifests.content_hash(kind, future)
+    # what a later version of this code would write (hashed like it, where the kind is hashed)
+    future = manifests.stamp(dataclasses.replace(kind, version=2, readable=(2,)), FIELDS[kind.name])
+    assert future["version"] == 2 and ("hash" in future) == kind.hashed
     (tmp_path / "manifest.json").write_text(manifests.dumps(future))
     with pytest.raises(StorageError) as err:
         manifests.read(kind, str(tmp_path))
@@ -155,13 +172,17 @@ def test_missing_or_incomplete_directory_is_refused(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
-def test_missing_field_and_edited_manifest_are_refused(kind, tmp_path):
+def test_missing_field_is_refused(kind, tmp_path):
     fields = dict(FIELDS[kind.name])
     dropped = kind.required[0]
     del fields[dropped]
     manifests.write(kind, tmp_path, fields)
     with pytest.raises(StorageError, match=f"lacks field.*{dropped}"):
         manifests.read(kind, str(tmp_path))
+
+
+@pytest.mark.parametrize("kind", HASHED, ids=lambda k: k.name)
+def test_edited_manifest_is_refused(kind, tmp_path):
     written = manifests.write(kind, tmp_path, FIELDS[kind.name])
     (tmp_path / "manifest.json").write_text(json.dumps({**written, kind.required[0]: "edited"}))
     with pytest.raises(StorageError, match="hash does not match its content"):
@@ -244,3 +265,71 @@ def test_an_interrupted_checkpoint_publish_leaves_no_manifest(tmp_path, monkeypa
     monkeypatch.setattr(manifests, "write", real_write)
     written = checkpoint(tmp_path / "ckpt", tensors(2))  # the retry publishes it whole
     assert read_checkpoint_manifest(str(tmp_path / "ckpt")) == written
+
+
+# ---- evaluation results: the format on disk is the one the committed results have --------------------------
+
+
+def test_an_evaluation_manifest_has_no_hash_and_is_written_as_before(tmp_path):
+    written = manifests.write(manifests.EVALUATION, tmp_path, FIELDS["evaluation"])
+    assert "hash" not in written and written["kind"] == "cora_ray.evaluation" and written["version"] == 1
+    text = (tmp_path / "manifest.json").read_text()
+    assert text == json.dumps(written, indent=2, sort_keys=True) + "\n"  # what evaluate.py wrote before
+
+
+def committed_runs() -> list[Path]:
+    runs = sorted(p.parent for p in COMMITTED_RESULTS.glob("runs/**/manifest.json"))
+    if not runs:
+        pytest.skip(f"no committed evaluation results under {COMMITTED_RESULTS}")
+    return runs
+
+
+def test_committed_evaluation_results_read_unchanged():
+    for run in committed_runs():
+        on_disk = json.loads((run / "manifest.json").read_text())
+        assert manifests.read(manifests.EVALUATION, str(run)) == on_disk
+        assert read_results(str(run)) == json.loads((run / "metrics.json").read_text())
+
+
+def test_republishing_a_committed_evaluation_writes_the_same_manifest_bytes(tmp_path):
+    """write_results (cora_ray/eval/evaluate.py, through cora_ray/manifest.py) on a committed run's own
+    metrics and scores writes its manifest.json byte for byte."""
+    run = committed_runs()[0]
+    committed = (run / "manifest.json").read_text()
+    splits = [f.removeprefix("scores/").removesuffix(".parquet") for f in json.loads(committed)["files"][2:]]
+    tables = [read_scores(str(run), s) for s in splits]
+    by_key = {c: np.concatenate([t[c].to_numpy() for t in tables]) for c in tables[0].column_names}
+    ends = np.cumsum([t.num_rows for t in tables])
+    selection = {s: np.arange(end - t.num_rows, end) for s, t, end in zip(splits, tables, ends, strict=True)}
+    out = tmp_path / "again"
+    write_results(str(out), read_results(str(run)), selection, by_key)
+    assert (out / "manifest.json").read_text() == committed
+    assert all(read_scores(str(out), s).equals(t) for s, t in zip(splits, tables, strict=True))
+
+
+def test_an_evaluation_of_another_kind_is_refused(tmp_path):
+    manifests.write(manifests.CHECKPOINT, tmp_path, FIELDS["checkpoint"])
+    with pytest.raises(StorageError, match="not a readable evaluation: expected kind 'cora_ray.evaluation'"):
+        read_results(str(tmp_path))
+
+
+def test_compare_collects_the_committed_results(tmp_path):
+    """`jobs/compare.py --collect-only --config configs/compare_ml1m_cpu.yaml` on a copy of the committed
+    results (it writes comparison.* under `out`): every run is collected with the AUCs its manifest records."""
+    committed_runs()
+    if not (REPO / "artifacts" / "ml-1m" / "manifest.json").is_file():
+        pytest.skip("artifacts/ml-1m not prepared (make demo builds it); the comparison reads its manifest")
+    out = tmp_path / "compare"
+    shutil.copytree(COMMITTED_RESULTS, out)
+    (out / "comparison.json").unlink()
+    cmd = [sys.executable, "jobs/compare.py", "--collect-only", "--config", "configs/compare_ml1m_cpu.yaml"]
+    r = subprocess.run([*cmd, f"out={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    methods = json.loads((out / "comparison.json").read_text())["methods"]
+    runs = {str(Path(run).resolve()): m for m in methods for run in m.get("runs") or []}
+    committed = sorted(str(p.parent.resolve()) for p in out.glob("runs/**/manifest.json"))
+    assert committed and sorted(runs) == committed  # every committed run collected, nothing else
+    for run, method in runs.items():
+        if len(method["runs"]) == 1:  # one run: the row's test AUC is that run's (several: their mean)
+            recorded = json.loads((Path(run) / "manifest.json").read_text())["splits"]["test"]["auc"]
+            assert method["metrics"]["test"]["auc"] == pytest.approx(recorded), run

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cora_ray import manifest as manifests
 from cora_ray import storage
 from cora_ray.config import ExperimentConfig, from_dict
 from cora_ray.data import protocol
@@ -44,8 +45,8 @@ from cora_ray.infer.remote_code import require_consent
 from cora_ray.infer.source import ScorerSource
 from cora_ray.ray_cluster import start_or_join
 
-KIND = "cora_ray.evaluation"
-VERSION = 1
+KIND = manifests.EVALUATION.kind
+VERSION = manifests.EVALUATION.version
 ALL_SPLITS = protocol.SPLITS + protocol.DERIVED_SPLITS
 DEFAULT_SPLITS = ("test", "test_warm", "test_cold")
 ROW_COLUMNS = ["user_id", "item_id", "label", "history", "warm"]
@@ -532,26 +533,26 @@ def write_results(
                 ),
                 tmp / "scores" / f"{s}.parquet",
             )
-        manifest = {
-            "kind": KIND,
-            "version": VERSION,
-            "files": ["metrics.json", "report.md", *[f"scores/{s}.parquet" for s in selection]],
-            "name": doc.get("name"),
-            "method": doc.get("method"),
-            "data_hash": doc.get("data", {}).get("hash"),
-            "splits": {
-                s: {"auc": m.get("auc"), "uauc": m.get("uauc"), "rows": m.get("rows")}
-                for s, m in doc["splits"].items()
+        manifests.write(  # kind and version stamped by cora_ray/manifest.py (EVALUATION)
+            manifests.EVALUATION,
+            tmp,
+            {
+                "files": ["metrics.json", "report.md", *[f"scores/{s}.parquet" for s in selection]],
+                "name": doc.get("name"),
+                "method": doc.get("method"),
+                "data_hash": doc.get("data", {}).get("hash"),
+                "splits": {
+                    s: {"auc": m.get("auc"), "uauc": m.get("uauc"), "rows": m.get("rows")}
+                    for s, m in doc["splits"].items()
+                },
             },
-        }
-        (tmp / storage.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        )
 
 
 def read_results(uri: str, endpoint: str | None = None) -> dict:
-    """The metrics document of a published evaluation (refuses incomplete directories)."""
-    manifest = storage.read_manifest(uri, endpoint, kind="evaluation")
-    if manifest.get("kind") != KIND:
-        raise StorageError(f"{uri}: not a cora_ray evaluation (manifest kind={manifest.get('kind')!r})")
+    """The metrics document of a published evaluation (refuses incomplete directories, another kind or
+    version of manifest: cora_ray/manifest.py)."""
+    manifests.read(manifests.EVALUATION, uri, endpoint)
     return storage.read_json(storage.join(uri, "metrics.json"), endpoint)
 
 
