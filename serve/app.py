@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ from cora_ray import storage
 from cora_ray.config import from_dict
 from cora_ray.errors import ConfigError, CoraError
 from cora_ray.infer.admission import Overloaded, RowAdmission
+from cora_ray.infer.catalogue import CatalogueQuery, CatalogueRetriever, Retrieval, check_k, rerank
 from cora_ray.infer.service import (
     Catalog,
+    CatalogueTiming,
     RankedItem,
     RecommendRequest,
     RecommendResponse,
@@ -60,6 +63,7 @@ from cora_ray.infer.service import (
     ScorerOptions,
     ScoringEngine,
     finite_or_error,
+    resolve_catalogue_user,
     top_k,
 )
 
@@ -262,6 +266,7 @@ class CoRAScorer:
         self._reload_error: str | None = None
         self._metrics = _ReplicaMetrics()
         self.admission = RowAdmission(ScorerOptions().max_queued_rows)
+        self._retriever = CatalogueRetriever(endpoint)  # the dataset's seen items: built once, on first use
 
     def _options(self, user_config: dict, defaults: ScorerOptions | None) -> ScorerOptions:
         options = ScorerOptions.from_user_config(user_config, defaults)
@@ -358,6 +363,12 @@ class CoRAScorer:
             self.admission.batch_end()
         self._metrics.export(self.engine, self.admission)
         return results
+
+    async def retrieve(self, query: CatalogueQuery) -> Retrieval:
+        """CF retrieval for a /v1/recommend without candidates (cora_ray/infer/catalogue.py), off the event
+        loop; a refused query (no CF backbone, nothing left to recommend) comes back in `Retrieval.error`.
+        Not counted in rows: it is one CF pass, no LLM row; the re-ranking is an ordinary `score` call."""
+        return await asyncio.to_thread(self._retriever.answer, self.engine.adapter.scorer, query)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom autoscaling metric: rows accepted and not yet answered (serve/autoscaling.py)."""
@@ -534,9 +545,17 @@ class CoRAIngress:
         result = await self._score(job)
         return ScoreResponse(scores=result.scores, model=result.model, cold_start=result.cold_start)
 
-    @api.post("/v1/recommend", response_model=RecommendResponse, summary="Top k of the candidates for a user")
+    @api.post(
+        "/v1/recommend",
+        response_model=RecommendResponse,
+        response_model_exclude_none=True,
+        summary="Top k of the candidates, or of the whole catalogue, for a user",
+    )
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        """Score every candidate and return the k best, highest first (k above the candidates: all)."""
+        """Score every candidate and return the k best, highest first (k above the candidates: all).
+        Without candidates: the CF backbone retrieves limits.catalogue_k unseen items, the LLM re-ranks them."""
+        if req.candidates is None:
+            return await self._recommend_catalogue(req)
         raw = [c if isinstance(c, str) else str(c) for c in req.candidates]
         dupes = sorted({c for c in raw if raw.count(c) > 1}) if len(set(raw)) != len(raw) else []
         if dupes:
@@ -553,6 +572,58 @@ class CoRAIngress:
             for r, s in ranked
         ]
         return RecommendResponse(items=items, model=result.model, cold_start=result.cold_start)
+
+    async def _retrieve(self, query: CatalogueQuery) -> Retrieval:
+        """The scorer replica's CF retrieval (routed by user like `score`), retried like `_score`."""
+        for attempt in range(3):
+            try:
+                retrieval: Retrieval = await self.scorer.retrieve.remote(query)
+            except BackPressureError as exc:
+                raise Refused("the scorers are at capacity; retry shortly", 1) from exc
+            except _RETRYABLE as exc:
+                if attempt == 2:
+                    raise RequestError(
+                        f"no scorer replica could take the request ({type(exc).__name__}); retry", 503
+                    ) from exc
+                await asyncio.sleep(0.2 * (attempt + 1))
+                continue
+            retrieval.raise_error()
+            return retrieval
+        raise AssertionError("unreachable")
+
+    async def _recommend_catalogue(self, req: RecommendRequest) -> RecommendResponse:
+        """Catalogue-wide: retrieval on a scorer replica, then the retrieved items scored as a request with
+        those candidates (admission, batching, cold start as always), then the top k by LLM score."""
+        big_k = self.limits.catalogue_k
+        check_k(req.k, big_k)
+        job = resolve_catalogue_user(self.catalog, req.user_id, req.history, self.limits)
+        exclude = list(job.history) if req.history is not None else []
+        t0 = time.perf_counter()
+        retrieval = await self._retrieve(
+            CatalogueQuery(job.user_key, job.user_id, list(job.history), big_k, exclude)
+        )
+        t1 = time.perf_counter()
+        result = await self._score(dataclasses.replace(job, item_ids=retrieval.item_ids))
+        t2 = time.perf_counter()
+        items = [
+            RankedItem(
+                item_id=self.catalog.item_raw[r.item_id],
+                score=r.score,
+                title=self.catalog.title(r.item_id),
+                cf_rank=r.cf_rank,
+                cf_score=r.cf_score,
+            )
+            for r in rerank(retrieval, result.scores, req.k)
+        ]
+        return RecommendResponse(
+            items=items,
+            model=result.model,
+            cold_start=result.cold_start,
+            source="catalogue",
+            fallback=retrieval.fallback,
+            retrieved=len(retrieval.item_ids),
+            timing=CatalogueTiming(retrieval_s=t1 - t0, rerank_s=t2 - t1),
+        )
 
     @api.get("/healthz", summary="Liveness; 'degraded' (still 200) when a scorer's last reload failed")
     async def healthz(self) -> dict:

@@ -61,10 +61,31 @@ class RequestLimits:
     )
     max_id_length: int = 512  # characters of one raw id
     max_body_bytes: int = 256 * 1024  # request body; larger → 413
+    # K: items CF retrieves and the LLM re-ranks for a /v1/recommend without candidates (K LLM rows per
+    # request, like a request with K candidates: at most max_items). None → min(100, max_items).
+    catalogue_k: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_items", "max_history", "max_id_length", "max_body_bytes"):
             _check(getattr(self, name) > 0, f"limits.{name} must be > 0, got {getattr(self, name)}")
+        self.catalogue_k = resolve_catalogue_k(self.catalogue_k, self.max_items)
+
+
+DEFAULT_CATALOGUE_K = 100
+
+
+def resolve_catalogue_k(catalogue_k: int | None, max_items: int) -> int:
+    """limits.catalogue_k checked: 1..max_items (a catalogue request costs K rows, and a request must fit
+    one scorer batch, as a request with K candidates); None → min(DEFAULT_CATALOGUE_K, max_items)."""
+    if catalogue_k is None:
+        return min(DEFAULT_CATALOGUE_K, max_items)
+    _check(catalogue_k > 0, f"limits.catalogue_k must be > 0, got {catalogue_k}")
+    _check(
+        catalogue_k <= max_items,
+        f"limits.catalogue_k={catalogue_k} is above limits.max_items={max_items}: a recommendation "
+        f"without candidates re-ranks catalogue_k rows, and a request holds at most max_items rows",
+    )
+    return catalogue_k
 
 
 @dataclass
@@ -152,26 +173,60 @@ class ScoreResponse(BaseModel):
 
 class RecommendRequest(_Strict):
     user_id: RawId
-    candidates: list[RawId] = Field(..., min_length=1, max_length=HARD_MAX_LIST)
-    k: StrictInt = Field(10, ge=1, description="how many to return (at most the number of candidates)")
+    candidates: list[RawId] | None = Field(
+        None,
+        min_length=1,
+        max_length=HARD_MAX_LIST,
+        description="items to rank; omitted: the whole catalogue (the checkpoint's CF backbone retrieves "
+        "limits.catalogue_k items the user has not interacted with in train, the LLM re-ranks them)",
+    )
+    k: StrictInt = Field(
+        10, ge=1, description="how many to return (at most the candidates, or limits.catalogue_k)"
+    )
     history: list[RawId] | None = Field(None, max_length=HARD_MAX_LIST)
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"user_id": "1", "candidates": ["1193", "661", "914"], "k": 2}]},
+        json_schema_extra={
+            "examples": [
+                {"user_id": "1", "candidates": ["1193", "661", "914"], "k": 2},
+                {"user_id": "1", "k": 10},
+            ]
+        },
     )
 
 
 class RankedItem(BaseModel):
     item_id: str
-    score: float
+    score: float = Field(..., description='the LLM\'s answer logit ("Yes")')
     title: str
+    cf_rank: int | None = Field(
+        None, description="catalogue only: the item's rank (1 = best) in the CF retrieval"
+    )
+    cf_score: float | None = Field(
+        None,
+        description="catalogue only: the CF backbone's logit, or under fallback 'popularity' the item's "
+        "positive train interactions",
+    )
+
+
+class CatalogueTiming(BaseModel):
+    retrieval_s: float = Field(..., description="CF retrieval, measured at the ingress (one replica call)")
+    rerank_s: float = Field(..., description="LLM scoring of the retrieved items (queueing included)")
 
 
 class RecommendResponse(BaseModel):
-    items: list[RankedItem] = Field(..., description="the top k candidates, highest score first")
+    items: list[RankedItem] = Field(..., description="the top k items, highest score first")
     model: str
     cold_start: bool
+    source: str | None = Field(None, description='"catalogue" when no candidates were sent')
+    fallback: str | None = Field(
+        None,
+        description="catalogue only: how items were retrieved when the CF backbone has no trained user "
+        "vector for the user ('popularity'); absent when the user's own CF vector retrieved them",
+    )
+    retrieved: int | None = Field(None, description="catalogue only: items retrieved and re-ranked (<= K)")
+    timing: CatalogueTiming | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,6 +344,27 @@ class Catalog:
         else:
             hist = self._items(history, "history item")
         return ScoreJob(user_key=user_key, user_id=uid, item_ids=items, history=hist)
+
+
+def resolve_catalogue_user(
+    catalog: Catalog, user_id: str | int, history: Sequence[str | int] | None, limits: RequestLimits
+) -> ScoreJob:
+    """A /v1/recommend without candidates, checked as `Catalog.resolve` checks a request: the user and the
+    history mapped to int ids (the stored history when none is given). `item_ids` is empty: the catalogue
+    retrieval (cora_ray/infer/catalogue.py) fills it."""
+    user_key = _raw(user_id)
+    if not user_key or len(user_key) > limits.max_id_length:
+        raise RequestError(f"user_id must be 1..{limits.max_id_length} characters", 422)
+    if history is not None and len(history) > limits.max_history:
+        raise RequestError(f"history has {len(history)} entries; the limit is {limits.max_history}", 422)
+    if any(len(_raw(r)) > limits.max_id_length for r in history or []):
+        raise RequestError(f"item ids longer than {limits.max_id_length} characters are not valid", 422)
+    uid = catalog.user_ids.get(user_key)
+    if history is None:
+        hist = list(catalog.histories.get(uid, [])) if uid is not None else []
+    else:
+        hist = catalog._items(history, "history item")
+    return ScoreJob(user_key=user_key, user_id=uid, item_ids=[], history=hist)
 
 
 def stored_histories(tables: Sequence[Any], history_len: int) -> dict[int, list[int]]:

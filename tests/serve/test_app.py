@@ -195,7 +195,7 @@ BAD_INPUTS = [
     ("deeply nested", "POST", "/v1/score", b"[" * 50_000 + b"]" * 50_000, None),
     ("missing item_ids", "POST", "/v1/score", {"user_id": "user_1"}, None),
     ("missing user_id", "POST", "/v1/score", {"item_ids": ["item_1"]}, None),
-    ("missing candidates", "POST", "/v1/recommend", {"user_id": "user_1", "k": 2}, None),
+    ("empty candidates", "POST", "/v1/recommend", {"user_id": "user_1", "candidates": [], "k": 2}, None),
     ("user_id float", "POST", "/v1/score", {"user_id": 1.5, "item_ids": ["item_1"]}, None),
     ("user_id null", "POST", "/v1/score", {"user_id": None, "item_ids": ["item_1"]}, None),
     ("user_id bool", "POST", "/v1/score", {"user_id": True, "item_ids": ["item_1"]}, None),
