@@ -301,7 +301,7 @@ class ModelConfig:
     # LLM. Training never shows the model a zero G (every train user is known), so on ML-1M's test split
     # (46% of rows with a cold user) true cost 0.09 AUC (results/cf_signal/demo_64steps/cf_signal.md).
     zero_delta_for_cold_users: bool = False
-    # Where in the prompt the collaborative delta applies (docs/method.md §2.4):
+    # Where in the prompt the collaborative delta applies (docs/method.md §2.5):
     #   all          every position (the paper's method);
     #   user_prefix  the prompt before the target title (instruction + history) sees a user-only G_u (the
     #                generator fed the user's CF vector and a learned "no item" vector), the target title and

@@ -183,6 +183,20 @@ class _ReplicaMetrics:
         self.evictions = metrics.Counter("cora_g_cache_evictions", "G cache LRU evictions", tag_keys=keys)
         self.bytes = metrics.Gauge("cora_g_cache_bytes", "G cache payload bytes", tag_keys=keys)
         self.entries = metrics.Gauge("cora_g_cache_entries", "G cache (user, item) entries", tag_keys=keys)
+        # the per-user prefix cache (checkpoints whose delta_scope shares the prompt prefix)
+        self.prefix_hits = metrics.Counter("cora_prefix_cache_hits", "prefix cache hits", tag_keys=keys)
+        self.prefix_misses = metrics.Counter(
+            "cora_prefix_cache_misses", "prefix cache misses (prefix passes)", tag_keys=keys
+        )
+        self.prefix_evictions = metrics.Counter(
+            "cora_prefix_cache_evictions", "prefix cache LRU evictions", tag_keys=keys
+        )
+        self.prefix_bytes = metrics.Gauge(
+            "cora_prefix_cache_bytes", "prefix cache payload bytes", tag_keys=keys
+        )
+        self.prefix_entries = metrics.Gauge(
+            "cora_prefix_cache_users", "prefix cache entries (users)", tag_keys=keys
+        )
         self.rows = metrics.Counter("cora_scored_rows", "rows (user, item) scored", tag_keys=keys)
         self.refused = metrics.Counter(
             "cora_refused_rows", "rows refused by admission (503, max_queued_rows)", tag_keys=keys
@@ -200,19 +214,31 @@ class _ReplicaMetrics:
             boundaries=list(FORWARD_LATENCY_BOUNDS_S),
             tag_keys=keys,
         )
-        self._last = {"hits": 0, "misses": 0, "evictions": 0, "rows": 0, "refused": 0}
+        self._last = {
+            "hits": 0,
+            "misses": 0,
+            "evictions": 0,
+            "rows": 0,
+            "refused": 0,
+            "prefix_hits": 0,
+            "prefix_misses": 0,
+            "prefix_evictions": 0,
+        }
 
     def observe_forward(self, seconds: float) -> None:
         self.forward.observe(seconds, tags=self.tags)
 
     def export(self, engine: ScoringEngine, admission: RowAdmission) -> None:
-        s = engine.cache.stats()
+        s, p = engine.cache.stats(), engine.prefix_cache.stats()
         now = {
             "hits": s.hits,
             "misses": s.misses,
             "evictions": s.evictions,
             "rows": engine.rows_scored,
             "refused": admission.refused_rows,
+            "prefix_hits": p.hits,
+            "prefix_misses": p.misses,
+            "prefix_evictions": p.evictions,
         }
         for name, value in now.items():
             delta = value - self._last[name]
@@ -221,6 +247,8 @@ class _ReplicaMetrics:
         self._last = now
         self.bytes.set(s.bytes, tags=self.tags)
         self.entries.set(s.entries, tags=self.tags)
+        self.prefix_bytes.set(p.bytes, tags=self.tags)
+        self.prefix_entries.set(p.entries, tags=self.tags)
         self.queued.set(admission.queued_rows, tags=self.tags)
         if admission.rows_per_s:
             self.rate.set(admission.rows_per_s, tags=self.tags)

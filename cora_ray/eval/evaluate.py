@@ -376,6 +376,14 @@ def _source_info(source: ScorerSource, pre: dict) -> dict:
     return {"source": info, "base_llm": base}
 
 
+def _shares_prefix(source: ScorerSource, pre: dict) -> bool:
+    """The checkpoint's model.delta_scope shares the prompt prefix per user (docs/method.md §2.5)."""
+    if source.kind != "checkpoint":
+        return False
+    model = pre["manifest"]["config"].get("model") or {}
+    return model.get("delta_scope", "all") != "all"
+
+
 def _max_history(source: ScorerSource, pre: dict) -> int:
     try:
         if source.kind == "checkpoint":
@@ -441,7 +449,10 @@ def evaluate(
         )
     if source.kind != "cf":
         titles = protocol.titles_by_id(protocol.read_items(data_uri, endpoint))
-        rows = rows.take(pa.array(row_length_order(rows, titles, _max_history(source, pre)), type=pa.int64()))
+        order = row_length_order(rows, titles, _max_history(source, pre))
+        if _shares_prefix(source, pre):  # a user's rows in one Ray batch: their prefix runs once
+            order = order[np.argsort(rows["user_id"].to_numpy()[order], kind="stable")]
+        rows = rows.take(pa.array(order, type=pa.int64()))
 
     if num_actors == 0:
         scores, timing = score_local(source, rows, progress)

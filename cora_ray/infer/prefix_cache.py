@@ -29,6 +29,15 @@ if TYPE_CHECKING:
     from cora_ray.model.prefix import PrefixState
 
 
+def prefix_entry_bytes(
+    layers: int, kv_heads: int, head_dim: int, tokens: int, kv_bytes: int, d_model: int = 0, rank: int = 0
+) -> int:
+    """Bytes of one user's cached prefix: keys and values of every layer over `tokens` prefix tokens in the
+    LLM's dtype (`kv_bytes` per number), plus G_u (d_model × r, user_prefix) from the fp32 generator — the
+    arithmetic of docs/deploy.md §6 "Prefix cache"."""
+    return 2 * layers * kv_heads * head_dim * tokens * kv_bytes + d_model * rank * 4
+
+
 def prefix_key(user_id: int, history: np.ndarray, prefix_tokens: Sequence[int]) -> tuple[int, str]:
     """(user, digest of the padded history and the prefix tokens): what a cached prefix depends on besides
     the checkpoint."""
@@ -56,6 +65,22 @@ class PrefixCache:
     @property
     def enabled(self) -> bool:
         return self._max > 0
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max
+
+    def resize(self, max_bytes: int) -> None:
+        """A new budget (user_config changed); least recently used entries go until the cache fits."""
+        if max_bytes < 0:
+            raise ValueError(f"prefix cache max_bytes must be >= 0, got {max_bytes}")
+        with self._lock:
+            self._max = self._stats.max_bytes = int(max_bytes)
+            while self._entries and self._stats.bytes > self._max:
+                _, evicted = self._entries.popitem(last=False)
+                self._stats.bytes -= evicted.nbytes
+                self._stats.evictions += 1
+            self._stats.entries = self._stats.users = len(self._entries)
 
     def get(self, key: Hashable, version: str | None) -> PrefixState | None:
         """The entry for `key` made by checkpoint `version` (refreshed as most recently used), else None."""

@@ -37,6 +37,7 @@ from cora_ray.config import _check, from_dict
 from cora_ray.data import protocol
 from cora_ray.errors import CoraError
 from cora_ray.infer.cache import GCache
+from cora_ray.infer.prefix_cache import PrefixCache
 
 if TYPE_CHECKING:  # torch is imported where G is handled: the HTTP ingress runs without it
     import torch
@@ -49,6 +50,10 @@ if TYPE_CHECKING:  # torch is imported where G is handled: the HTTP ingress runs
 # small fraction of a row's cost (≈2.6% at SmolLM2-135M size on CPU, ≈0.02% of the FLOPs at 7B), and end to
 # end the cache's effect was within run-to-run noise. Set cache_bytes to turn it on.
 DEFAULT_CACHE_BYTES = 0
+# The per-user prefix cache (cora_ray/infer/prefix_cache.py), used by checkpoints whose delta_scope shares the
+# prompt prefix (docs/method.md §2.5), unused otherwise. 256 MiB: ~50 users at SmolLM2-135M fp32 on CPU
+# (~4.8 MiB per user, docs/deploy.md §6 "Prefix cache"); serve.config sets the GPU budget.
+DEFAULT_PREFIX_CACHE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -101,6 +106,7 @@ class ScorerOptions:
     batch_wait_timeout_s: float = 0.01  # how long a batch waits to fill
     max_rows_per_forward: int = 64  # rows (user, item) per forward pass; a batch is split into chunks of this
     cache_bytes: int = DEFAULT_CACHE_BYTES
+    prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES  # per-user prefix keys/values (shared-prefix scopes)
     # rows accepted and not yet answered per replica; past it a request gets 503 + Retry-After at once
     # (cora_ray/infer/admission.py: R rows/s × latency target T)
     max_queued_rows: int = 64
@@ -116,6 +122,9 @@ class ScorerOptions:
             f"max_rows_per_forward must be > 0, got {self.max_rows_per_forward}",
         )
         _check(self.cache_bytes >= 0, f"cache_bytes must be >= 0, got {self.cache_bytes}")
+        _check(
+            self.prefix_cache_bytes >= 0, f"prefix_cache_bytes must be >= 0, got {self.prefix_cache_bytes}"
+        )
         _check(self.max_queued_rows > 0, f"max_queued_rows must be > 0, got {self.max_queued_rows}")
 
     @classmethod
@@ -426,6 +435,17 @@ class ScorerAdapter:
         return (self.manifest.get("cf_artifact") or {}).get("backbone")
 
     @property
+    def shares_prefix(self) -> bool:
+        """The checkpoint's delta_scope shares the prompt prefix per user: the engine keeps a user's rows
+        together and lends the scorer the prefix cache."""
+        return bool(getattr(self.scorer, "shares_prefix", False))
+
+    @property
+    def cache_version(self) -> str | None:
+        """What the scorer stamps cached prefixes with (the checkpoint's content hash)."""
+        return getattr(self.scorer, "cache_version", None)
+
+    @property
     def supports_g(self) -> bool:
         """True for CoRA checkpoints: G can be generated, cached and supplied per row."""
         return bool(getattr(self.scorer, "uses_collab_weights", False))
@@ -488,12 +508,15 @@ class ScorerAdapter:
         histories: Sequence[Sequence[int]],
         G: torch.Tensor | None,
         batch_size: int,
+        prefix_cache: PrefixCache | None = None,
     ) -> np.ndarray:
         """(n,) logits in row order, one forward pass per `batch_size` rows, in the order given (the engine
-        has already ordered and chunked the rows)."""
+        has already ordered and chunked the rows); `prefix_cache` for a shared-prefix checkpoint."""
         kwargs: dict[str, Any] = {"batch_size": batch_size, "bucket": False}
         if G is not None:
             kwargs["G"] = G
+        if prefix_cache is not None and self.shares_prefix:
+            kwargs["prefix_cache"] = prefix_cache
         out = self.scorer.score(
             np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64), histories, **kwargs
         )
@@ -543,6 +566,7 @@ class ScoringEngine:
         self.options = options
         self.adapter = ScorerAdapter(scorer)
         self.cache = GCache(options.cache_bytes, version=self.adapter.model_id)
+        self.prefix_cache = PrefixCache(options.prefix_cache_bytes, version=self.adapter.cache_version)
         self.on_forward = on_forward
         self.rows_scored = 0
         self.batches = 0
@@ -556,6 +580,7 @@ class ScoringEngine:
         with self._lock:
             self.adapter = adapter
             self.cache.reset(version=adapter.model_id)
+            self.prefix_cache.reset(version=adapter.cache_version)
 
     def reload(
         self, uri: str, endpoint: str | None = None, probe: Callable[[str], None] | None = None
@@ -572,11 +597,14 @@ class ScoringEngine:
             prepared.apply(scorer, probe=probe)
             self.adapter = ScorerAdapter(scorer)
             self.cache.reset(version=self.adapter.model_id)
+            self.prefix_cache.reset(version=self.adapter.cache_version)
 
     def set_options(self, options: ScorerOptions) -> None:
         with self._lock:
             if options.cache_bytes != self.cache.max_bytes:
                 self.cache.resize(options.cache_bytes)
+            if options.prefix_cache_bytes != self.prefix_cache.max_bytes:
+                self.prefix_cache.resize(options.prefix_cache_bytes)
             self.options = options
 
     # -- scoring ---------------------------------------------------------------------------------------
@@ -611,7 +639,8 @@ class ScoringEngine:
             zero += [z] * n
 
         scores = np.empty(len(items), dtype=np.float64)
-        order = adapter.bucket_order(items, hists)
+        # a shared prefix: keep each job's (user's) rows together, so a chunk runs few prefixes
+        order = np.arange(len(items)) if adapter.shares_prefix else adapter.bucket_order(items, hists)
         chunk = options.max_rows_per_forward
         for s in range(0, len(order), chunk):
             idx = [int(k) for k in order[s : s + chunk]]
@@ -620,7 +649,7 @@ class ScoringEngine:
             if adapter.supports_g:
                 G = self._collaborative_weights(u, i, h, [zero[k] for k in idx], adapter)
             t0 = time.perf_counter()
-            scores[idx] = adapter.score(u, i, h, G=G, batch_size=len(idx))
+            scores[idx] = adapter.score(u, i, h, G=G, batch_size=len(idx), prefix_cache=self.prefix_cache)
             seconds = time.perf_counter() - t0
             self.forwards += 1
             if self.on_forward is not None:
@@ -681,6 +710,8 @@ class ScoringEngine:
         return {
             **self.adapter.describe(),
             "cache": self.cache.stats().to_dict(),
+            "shares_prefix": self.adapter.shares_prefix,
+            "prefix_cache": self.prefix_cache.stats().to_dict(),
             "rows_scored": self.rows_scored,
             "batches": self.batches,
             "forwards": self.forwards,

@@ -248,3 +248,24 @@ def test_command_line_evaluates_and_refuses_bad_input(tiny_artifacts, tmp_path):
         bad.returncode == 2 and "unknown split(s) 'holdout'" in bad.stderr and "Traceback" not in bad.stderr
     )
     assert _nothing_at(tmp_path / "cli_bad")
+
+
+def test_a_prefix_sharing_checkpoint_evaluates_to_its_full_prompt_scores(tiny_artifacts, tmp_path):
+    """delta_scope=user_prefix: the driver orders rows by user so a batch holds whole users (one prefix pass
+    each); the stored scores equal the same checkpoint's full-prompt scores row by row."""
+    from tiny_setup import write_tiny_checkpoint
+
+    uri = write_tiny_checkpoint(
+        tiny_artifacts, str(tmp_path / "ckpt"), model_overrides={"delta_scope": "user_prefix"}, seed=5
+    )
+    out = str(tmp_path / "eval")
+    doc = evaluate(
+        ScorerSource("checkpoint", uri=uri, batch_size=8), out, splits="test", num_actors=0, progress=False
+    )
+    scorer = Scorer.from_checkpoint(uri)
+    t = protocol.read_split(tiny_artifacts.data_uri, "test")
+    full = scorer.score(
+        t["user_id"].to_numpy(), t["item_id"].to_numpy(), t["history"].to_pylist(), share_prefix=False
+    )
+    np.testing.assert_allclose(read_scores(out, "test")["score"].to_numpy(), full, atol=1e-4)
+    assert doc["splits"]["test"]["rows"] == t.num_rows

@@ -118,7 +118,11 @@ def doc_limits_table() -> dict[str, dict[str, str]]:
     text = (REPO / "docs" / "deploy.md").read_text()
     section = text[text.index("### Sizing: admission in rows") : text.index("## 7.")]
     start = section.index("| limit | rule |")
-    lines = [ln for ln in section[start:].splitlines() if ln.startswith("|")]
+    lines = []
+    for ln in section[start:].splitlines():  # the table: its contiguous "|" lines
+        if not ln.startswith("|"):
+            break
+        lines.append(ln)
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     out = {}
     for ln in lines[2:]:
