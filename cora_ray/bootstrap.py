@@ -74,7 +74,7 @@ def run_step(
 def build_missing_demo_inputs(
     root: Path,
     data: str,
-    cf: str,
+    cf: str | None,
     *,
     python: str = sys.executable,
     timings: dict[str, float] | None = None,
@@ -83,7 +83,7 @@ def build_missing_demo_inputs(
     """Make the demo's ML-1M dataset at `data` and MF artifact at `cf` where missing; return what was built.
 
     `root` is the repository (the jobs run there, so relative paths are relative to it); `data` and `cf` are
-    local paths or s3:// URIs."""
+    local paths or s3:// URIs; `cf` None: a method without CF vectors (TALLRec, zero-shot) needs no artifact."""
     timings = {} if timings is None else timings
     built: list[str] = []
     if has_manifest(data, root=root):
@@ -97,7 +97,9 @@ def build_missing_demo_inputs(
             prefix,
         )
         built.append(data)
-    if has_manifest(cf, root=root):
+    if cf is None:
+        pass
+    elif has_manifest(cf, root=root):
         print(f"{prefix} reusing the MF artifact at {cf}", flush=True)
     else:
         run_step(

@@ -95,14 +95,17 @@ def _is_demo_config(config: str) -> bool:
 def build_demo_inputs(cfg) -> None:
     """The demo config's dataset and MF artifact, made where missing (cora_ray/bootstrap.py)."""
     from cora_ray.bootstrap import build_missing_demo_inputs, has_manifest
+    from cora_ray.capabilities import capabilities
 
-    if has_manifest(cfg.data.uri) and has_manifest(cfg.model.cf_artifact):
+    # a method without CF vectors (model.cf_artifact=null, e.g. TALLRec on the demo config) needs no artifact
+    cf = cfg.model.cf_artifact if capabilities(cfg.model.method).needs_cf else None
+    if has_manifest(cfg.data.uri) and (cf is None or has_manifest(cf)):
         return
     print(
         "[train] the demo needs the ML-1M dataset and an MF artifact: building what is missing (1-3 min on 2 cores)",
         flush=True,
     )
-    build_missing_demo_inputs(REPO, cfg.data.uri, cfg.model.cf_artifact, prefix="[train]")
+    build_missing_demo_inputs(REPO, cfg.data.uri, cf, prefix="[train]")
 
 
 def print_plan(config: str, args: argparse.Namespace) -> int:
