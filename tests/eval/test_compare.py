@@ -383,13 +383,19 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
     monkeypatch.chdir(repo)  # the commands name configs/demo.yaml relative to the repository
     cfg = load_compare_config(str(repo / "configs" / "compare_ml1m_cpu.yaml"))
     seeded = {m.name: m for m in cfg.methods if m.seeds}
-    assert set(seeded) == {"TALLRec", "CoRA-MF", "CoRA-LightGCN", "CoRA-SASRec"}
+    assert set(seeded) == {"TALLRec", "CoLLM-MF (faithful)", "CoRA-MF", "CoRA-LightGCN", "CoRA-SASRec"}
     for m in seeded.values():
         assert m.seeds == [42, 43, 44]
         for s in m.seeds:
             t = train_command_config(m.for_seed(s).produce[0]).train
             assert (t.max_steps, t.global_batch_size, t.num_workers, t.micro_batch_size) == (250, 8, 2, 4)
             assert (t.eval_every, t.eval_limit, t.eval_seed, t.seed) == (250, 1000, 42, s)
+    # faithful CoLLM's stage 2 starts from the TALLRec run of the same seed
+    for s in seeded["CoLLM-MF (faithful)"].seeds:
+        model = train_command_config(seeded["CoLLM-MF (faithful)"].for_seed(s).produce[0]).model
+        assert model.collm_variant == "faithful" and model.init_from.endswith(
+            f"runs/ml1m_cpu/tallrec_s{s}/best"
+        )
     # CoRA-SASRec seed 42 is exactly the run trained by hand for it (so that the run is collected)
     by_hand = (
         "model.method=cora model.cf_artifact=artifacts/cf/sasrec train.max_steps=250 train.num_workers=2 "
