@@ -298,8 +298,10 @@ class ModelConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     # false (default, as the authors' code does): every row gets a G generated from its CF vectors, also
     # rows whose user has no train interactions (an untrained vector). true: such rows get G = 0, the plain
-    # LLM. Training never shows the model a zero G (every train user is known), so on ML-1M's test split
-    # (46% of rows with a cold user) true cost 0.09 AUC (results/cf_signal/demo_64steps/cf_signal.md).
+    # LLM. Training never shows the model a zero G (every train user is known). Decided on validation rows:
+    # on 800 ML-1M valid rows (269 with a cold user) a 64-step demo checkpoint scored AUC 0.721 with false and
+    # 0.689 with true (+0.032, paired bootstrap 95% interval [+0.011, +0.054];
+    # results/cf_signal/demo64_valid/cf_signal.md, docs/decisions.md §2).
     zero_delta_for_cold_users: bool = False
     # Where in the prompt the collaborative delta applies (docs/method.md §2.5):
     #   all          every position (the paper's method);
