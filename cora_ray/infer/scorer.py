@@ -24,6 +24,7 @@ No Ray here: a GPU script uses this module alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +43,6 @@ from cora_ray.checkpoint import (
 from cora_ray.config import ExperimentConfig, from_dict
 from cora_ray.data import protocol
 from cora_ray.data.batching import (
-    left_pad,
     length_order,
     model_batch,
     pad_histories,
@@ -511,7 +511,26 @@ class Scorer:
             self._score_shared(rows, out, bs, progress, prefix_cache)
             return out
         order = self.bucket_order(items, hists) if bucket else np.arange(n)
-        for start in range(0, n, bs):
+        # a shared-prefix model asked for full prompts (share_prefix=False): each row's whole prompt, masked
+        full = self.model.full_prompt_pass() if self.shares_prefix else contextlib.nullcontext()
+        with full:
+            self._score_batches(users, items, hists, order, bs, out, G, g_provider, progress)
+        return out
+
+    def _score_batches(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        hists: list[list[int]],
+        order: np.ndarray,
+        bs: int,
+        out: np.ndarray,
+        G: torch.Tensor | None,
+        g_provider: GProvider | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """Rows in `order`, `bs` per forward pass: encode, G from the caller / provider / model, score."""
+        for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             u, i, h = users[idx], items[idx], [hists[j] for j in idx]
             batch = self._encode(u, i, h)
@@ -527,7 +546,6 @@ class Scorer:
             out[idx] = self.score_encoded(batch, G=g)
             if progress is not None:
                 progress(len(idx))
-        return out
 
     # -- prefix-shared path (model.delta_scope user_prefix / suffix) -----------------------------------------
 
@@ -541,7 +559,7 @@ class Scorer:
     ) -> None:
         """Rows grouped by their prefix (cora_ray/model/prefix.py): `bs` prefixes per prefix pass, then
         their rows' suffixes in batches of `bs` rows, each against its own prefix's keys/values."""
-        from cora_ray.model.prefix import split_rows
+        from cora_ray.model.prefix import left_padded_tensors, split_rows
 
         tokens = self.encoder.token_rows(rows.hists, rows.items)
         split = split_rows(tokens.ids, tokens.positions["suffix_pos"], rows.users, rows.hist_pad)
@@ -553,12 +571,11 @@ class Scorer:
             chunk = order[(split.groups[order] >= g0) & (split.groups[order] < g1)]
             for start in range(0, len(chunk), bs):
                 idx = chunk[start : start + bs]
-                suffix = left_pad([split.suffixes[j] for j in idx], pad_id)
-                suffix_t = {k: torch.from_numpy(v).to(self.device) for k, v in suffix.items()}
+                suffix = left_padded_tensors([split.suffixes[j] for j in idx], pad_id, self.device)
                 local = torch.as_tensor(split.groups[idx] - g0, dtype=torch.long, device=self.device)
                 with torch.inference_mode():
                     g = self._row_G(rows, idx)
-                    scores = self.model.score_suffix(state.select(local), suffix_t, g)
+                    scores = self.model.score_suffix(state.select(local), suffix, g)
                 out[idx] = scores.detach().float().cpu().numpy().reshape(-1)
                 if progress is not None:
                     progress(len(idx))
@@ -568,7 +585,7 @@ class Scorer:
     ) -> PrefixState:
         """The keys/values of prefixes `groups` (aligned with them): from `cache` where present, the rest in
         one prefix pass (and put into `cache`)."""
-        from cora_ray.model.prefix import PrefixState
+        from cora_ray.model.prefix import PrefixState, left_padded_tensors
 
         keys = [
             prefix_key(rows.users[r], rows.hist_pad[r], split.prefixes[g])
@@ -580,10 +597,10 @@ class Scorer:
         if missing:
             first = split.first_row[[groups[j] for j in missing]]
             pad_id = int(self.encoder.tokenizer.pad_token_id)
-            prefix = left_pad([split.prefixes[groups[j]] for j in missing], pad_id)
+            prefix = left_padded_tensors([split.prefixes[groups[j]] for j in missing], pad_id, self.device)
             with torch.inference_mode():
                 state = self.model.encode_prefix(
-                    {k: torch.from_numpy(v).to(self.device) for k, v in prefix.items()},
+                    prefix,
                     torch.as_tensor(rows.users[first], dtype=torch.long, device=self.device),
                     torch.from_numpy(rows.hist_pad[first]).to(self.device),
                 )

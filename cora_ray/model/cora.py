@@ -17,7 +17,8 @@ answer cue): `user_prefix` gives the prefix a user-only G_u = generator(e_u, lea
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,12 +28,18 @@ from transformers import DynamicCache
 
 from cora_ray.cf.base import CFBackbone
 from cora_ray.config import ModelConfig
-from cora_ray.data.batching import left_pad
 from cora_ray.errors import ModelError
 from cora_ray.model.base import RecModel, freeze, last_hidden_state, position_ids_from_mask
 from cora_ray.model.collab_linear import inject_collab_layers
 from cora_ray.model.generator import CollaborativeWeightGenerator
-from cora_ray.model.prefix import PrefixState, cache_kwarg, kv_layers, split_rows, unpad_rows
+from cora_ray.model.prefix import (
+    PrefixState,
+    cache_kwarg,
+    kv_layers,
+    left_padded_tensors,
+    split_rows,
+    unpad_rows,
+)
 
 if TYPE_CHECKING:
     from cora_ray.llm.loaded import LoadedLLM
@@ -75,6 +82,17 @@ class CoRAModel(RecModel):
         """The prompt prefix depends on (user, history) only: `encode_prefix` once, `score_suffix` per row."""
         return self.delta_scope != "all"
 
+    @contextlib.contextmanager
+    def full_prompt_pass(self) -> Iterator[None]:
+        """Within the block `forward` runs each row's whole prompt with the prefix/suffix mask (the reference
+        the prefix-shared path is checked against) instead of sharing prefixes within the batch."""
+        previous = self.share_prefix_in_forward
+        self.share_prefix_in_forward = False
+        try:
+            yield
+        finally:
+            self.share_prefix_in_forward = previous
+
     def compute_G(
         self,
         user_id: torch.Tensor,
@@ -87,10 +105,14 @@ class CoRAModel(RecModel):
         with torch.no_grad():  # frozen CF: its vectors are inputs, not something to differentiate
             e_u, e_i = self.cf.embed(user_id, item_id, history)  # (B, D) each
         G = self.generator(e_u, e_i)  # (B, d_model, r)
-        if self.cfg.zero_delta_for_cold_users if zero_cold_users is None else zero_cold_users:
+        if self._zeroes_cold_users(zero_cold_users):
             known = self.cf.knows_user(user_id).to(device=G.device, dtype=G.dtype)  # (B,) 1 known, 0 cold
             G = G * known[:, None, None]
         return G
+
+    def _zeroes_cold_users(self, zero_cold_users: bool | None) -> bool:
+        """The cold-user rule of one call: `zero_cold_users`, else the configured `zero_delta_for_cold_users`."""
+        return self.cfg.zero_delta_for_cold_users if zero_cold_users is None else zero_cold_users
 
     def compute_G_user(
         self, user_id: torch.Tensor, history: torch.Tensor | None = None, zero_cold_users: bool | None = None
@@ -107,7 +129,7 @@ class CoRAModel(RecModel):
             e_u, _ = self.cf.embed(user_id, torch.zeros_like(user_id), history)  # (B, D); item 0 = padding
         G = self.generator(e_u, self.no_item.expand(e_u.shape[0], -1))  # (B, d_model, r)
         keep = user_id != 0
-        if self.cfg.zero_delta_for_cold_users if zero_cold_users is None else zero_cold_users:
+        if self._zeroes_cold_users(zero_cold_users):
             keep = keep & self.cf.knows_user(user_id).to(keep.device)
         return G * keep.to(device=G.device, dtype=G.dtype)[:, None, None]
 
@@ -156,12 +178,12 @@ class CoRAModel(RecModel):
         pad_id = int(self.loaded_llm.tokenizer.pad_token_id)
         first = torch.as_tensor(split.first_row, device=device)
         prefix = self.encode_prefix(
-            _tensors(left_pad(split.prefixes, pad_id), device),
+            left_padded_tensors(split.prefixes, pad_id, device),
             users.index_select(0, first.to(users.device)),
             None if history is None else history.index_select(0, first.to(history.device)),
         )
         rows = prefix.select(torch.as_tensor(split.groups, device=device))
-        return self.score_suffix(rows, _tensors(left_pad(split.suffixes, pad_id), device), G)
+        return self.score_suffix(rows, left_padded_tensors(split.suffixes, pad_id, device), G)
 
     def encode_prefix(
         self, prefix: Mapping[str, torch.Tensor], user_id: torch.Tensor, history: torch.Tensor | None
@@ -204,7 +226,3 @@ class CoRAModel(RecModel):
         # the recompute of a checkpointed layer runs in backward, after `forward` has left `collab.use(G)`:
         # the context_fn replays it with the G of its original forward
         return {"use_reentrant": False, "context_fn": self.collab.checkpoint_context_fn}
-
-
-def _tensors(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}

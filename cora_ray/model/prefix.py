@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cora_ray.data.batching import left_pad
 from cora_ray.errors import ModelError
 
 
@@ -144,6 +145,14 @@ def split_rows(
         groups[r] = g
         suffixes.append([int(t) for t in row[at:]])
     return SplitRows(prefixes, groups, suffixes, np.asarray(first, dtype=np.int64))
+
+
+def left_padded_tensors(
+    token_rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str
+) -> dict[str, torch.Tensor]:
+    """Token rows → input_ids, attention_mask (n, T) left-padded to the longest row (`batching.left_pad`), as
+    tensors on `device`: a prefix batch or a suffix batch."""
+    return {k: torch.from_numpy(v).to(device) for k, v in left_pad(token_rows, pad_id).items()}
 
 
 def unpad_rows(batch_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
