@@ -30,6 +30,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -546,14 +547,15 @@ class CoRAIngress:
         self.data_uri = data_uri
         self.catalog = Catalog.from_dataset(data_uri, endpoint)
 
-    async def _score(self, job: ScoreJob) -> ScoreResult:
-        # A replica that dies mid-request (node loss, OOM) fails only the calls it held; Serve is already
-        # starting its replacement, and the router sends the retry to a live replica.
+    async def _on_replica(self, call: Callable[[], Any]) -> Any:
+        """`call()` (a scorer handle's `.remote(...)`), retried on another replica when one dies.
+
+        A replica that dies mid-request (node loss, OOM) fails only the calls it held; Serve is already
+        starting its replacement, and the router sends the retry to a live replica. Full queues are a
+        Refused (503 + Retry-After) at once."""
         for attempt in range(3):
             try:
-                result: ScoreResult = await self.scorer.score.remote(job)
-                finite_or_error(result.scores)
-                return result
+                return await call()
             except BackPressureError as exc:  # every replica's queue is full (max_queued_requests)
                 raise Refused("the scorers are at capacity; retry shortly", 1) from exc
             except Overloaded as exc:  # the replica's row bound (Ray re-raises the replica's error type)
@@ -565,6 +567,11 @@ class CoRAIngress:
                     ) from exc
                 await asyncio.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    async def _score(self, job: ScoreJob) -> ScoreResult:
+        result: ScoreResult = await self._on_replica(lambda: self.scorer.score.remote(job))
+        finite_or_error(result.scores)
+        return result
 
     @api.post("/v1/score", response_model=ScoreResponse, summary="Score items for a user")
     async def score(self, req: ScoreRequest) -> ScoreResponse:
@@ -603,21 +610,9 @@ class CoRAIngress:
 
     async def _retrieve(self, query: CatalogueQuery) -> Retrieval:
         """The scorer replica's CF retrieval (routed by user like `score`), retried like `_score`."""
-        for attempt in range(3):
-            try:
-                retrieval: Retrieval = await self.scorer.retrieve.remote(query)
-            except BackPressureError as exc:
-                raise Refused("the scorers are at capacity; retry shortly", 1) from exc
-            except _RETRYABLE as exc:
-                if attempt == 2:
-                    raise RequestError(
-                        f"no scorer replica could take the request ({type(exc).__name__}); retry", 503
-                    ) from exc
-                await asyncio.sleep(0.2 * (attempt + 1))
-                continue
-            retrieval.raise_error()
-            return retrieval
-        raise AssertionError("unreachable")
+        retrieval: Retrieval = await self._on_replica(lambda: self.scorer.retrieve.remote(query))
+        retrieval.raise_error()
+        return retrieval
 
     async def _recommend_catalogue(self, req: RecommendRequest) -> RecommendResponse:
         """Catalogue-wide: retrieval on a scorer replica, then the retrieved items scored as a request with
