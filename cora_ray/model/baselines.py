@@ -57,7 +57,8 @@ class TALLRecModel(RecModel):
 
 # The authors' mapping: Linear(D, D·10) → ReLU → Linear(D·10, d_model) ("proj_mid_times: 10" in their configs)
 AUTHORS_HIDDEN_TIMES = 10
-MAPPING_ONLY_HIDDEN = 1024  # the mapping-only width when model.collm_hidden is null (its default before it could be)
+# the mapping-only width when model.collm_hidden is null (its default before it could be)
+MAPPING_ONLY_HIDDEN = 1024
 
 
 class CoLLMModel(RecModel):
