@@ -78,6 +78,28 @@ def answer_score(
     return score + b if b is not None else score
 
 
+def copy_named_tensors(
+    params: Mapping[str, nn.Parameter], state: Mapping[str, torch.Tensor], what: str, hint: str = ""
+) -> None:
+    """Copy `state` into `params`; names and shapes must match exactly, else ArtifactMismatchError starting
+    with `what` (the missing / unexpected names, or the tensor whose shape differs, then `hint`)."""
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ArtifactMismatchError(
+            f"{what}: missing {missing[:3]}{' ...' if len(missing) > 3 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)})"
+        )
+    for name, p in params.items():
+        if tuple(state[name].shape) != tuple(p.shape):
+            raise ArtifactMismatchError(
+                f"{what}: tensor '{name}' has shape {tuple(state[name].shape)} in the state, "
+                f"{tuple(p.shape)} in the model{hint}"
+            )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name])
+
+
 class RecModel(nn.Module):
     """Base class of CoRA and the baselines: a frozen LLM scoring "Yes", plus method-specific trainable parts.
 
@@ -166,19 +188,9 @@ class RecModel(nn.Module):
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Copy a `trainable_state_dict()` back in; names and shapes must match exactly."""
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
-        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-        if missing or unexpected:
-            raise ArtifactMismatchError(
-                f"trainable state does not fit this {self.method} model: missing {missing[:3]}"
-                f"{' ...' if len(missing) > 3 else ''} ({len(missing)}), unexpected {unexpected[:3]}"
-                f"{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)})"
-            )
-        for name, p in params.items():
-            if tuple(state[name].shape) != tuple(p.shape):
-                raise ArtifactMismatchError(
-                    f"trainable tensor '{name}' has shape {tuple(state[name].shape)} in the state, "
-                    f"{tuple(p.shape)} in the model (another rank, LLM or generator size?)"
-                )
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(state[name])
+        copy_named_tensors(
+            params,
+            state,
+            f"trainable state does not fit this {self.method} model",
+            hint=" (another rank, LLM or generator size?)",
+        )

@@ -19,7 +19,7 @@ from torch import nn
 from cora_ray.cf.base import CFBackbone
 from cora_ray.config import ModelConfig
 from cora_ray.errors import ArtifactMismatchError, ModelError
-from cora_ray.model.base import RecModel, freeze, last_hidden_state
+from cora_ray.model.base import RecModel, copy_named_tensors, freeze, last_hidden_state
 from cora_ray.model.lora_linear import LoRALinear, inject_lora_layers
 
 if TYPE_CHECKING:
@@ -132,7 +132,9 @@ class CoLLMModel(RecModel):
         return {n: p.detach() for n, p in self._state_parameters().items()}
 
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        _copy_named(self._state_parameters(), state, f"trainable state does not fit this {self.method} model")
+        copy_named_tensors(
+            self._state_parameters(), state, f"trainable state does not fit this {self.method} model"
+        )
 
     def load_stage1_lora(self, state: Mapping[str, torch.Tensor], model_config: Mapping, source: str) -> None:
         """Stage 2 starts here: copy a stage-1 checkpoint's LoRA tensors (`state`, its `trainable`; its
@@ -151,27 +153,9 @@ class CoLLMModel(RecModel):
                 "to the stage-1 run's)"
             )
         lora = {n: p for n, p in self.named_parameters() if n in self._lora_names}
-        _copy_named(
+        copy_named_tensors(
             lora,
             state,
             f"model.init_from {source} is not a stage-1 LoRA checkpoint for this model (expected exactly the "
             f"LoRA tensors of a method tallrec run with lora_targets {self.lora_targets})",
         )
-
-
-def _copy_named(params: Mapping[str, nn.Parameter], state: Mapping[str, torch.Tensor], what: str) -> None:
-    """Copy `state` into `params`; names and shapes must match exactly (else ArtifactMismatchError: `what`)."""
-    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-    if missing or unexpected:
-        raise ArtifactMismatchError(
-            f"{what}: missing {missing[:3]}{' ...' if len(missing) > 3 else ''} ({len(missing)}), "
-            f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)})"
-        )
-    for name, p in params.items():
-        if tuple(state[name].shape) != tuple(p.shape):
-            raise ArtifactMismatchError(
-                f"{what}: tensor '{name}' has shape {tuple(state[name].shape)} there, {tuple(p.shape)} here"
-            )
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(state[name])
