@@ -383,13 +383,26 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
     monkeypatch.chdir(repo)  # the commands name configs/demo.yaml relative to the repository
     cfg = load_compare_config(str(repo / "configs" / "compare_ml1m_cpu.yaml"))
     seeded = {m.name: m for m in cfg.methods if m.seeds}
-    assert set(seeded) == {"TALLRec", "CoLLM-MF (faithful)", "CoRA-MF", "CoRA-LightGCN", "CoRA-SASRec"}
+    assert set(seeded) == {
+        "TALLRec",
+        "CoLLM-MF (faithful)",
+        "CoRA-MF",
+        "CoRA-MF (user_prefix)",
+        "CoRA-MF (suffix)",
+        "CoRA-LightGCN",
+        "CoRA-SASRec",
+    }
     for m in seeded.values():
         assert m.seeds == [42, 43, 44]
         for s in m.seeds:
             t = train_command_config(m.for_seed(s).produce[0]).train
             assert (t.max_steps, t.global_batch_size, t.num_workers, t.micro_batch_size) == (250, 8, 2, 4)
             assert (t.eval_every, t.eval_limit, t.eval_seed, t.seed) == (250, 1000, 42, s)
+    # the delta-scope rows differ from CoRA-MF in the scope alone (same data, artifact, budget and seeds)
+    for scope in ("all", "user_prefix", "suffix"):
+        name = "CoRA-MF" if scope == "all" else f"CoRA-MF ({scope})"
+        model = train_command_config(seeded[name].for_seed(42).produce[0]).model
+        assert (model.method, model.cf_artifact, model.delta_scope) == ("cora", "artifacts/cf/mf", scope)
     # faithful CoLLM's stage 2 starts from the TALLRec run of the same seed
     for s in seeded["CoLLM-MF (faithful)"].seeds:
         model = train_command_config(seeded["CoLLM-MF (faithful)"].for_seed(s).produce[0]).model
@@ -410,4 +423,6 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
         ["CoRA-MF", "SASRec"],
         ["CoRA-MF", "MF"],
         ["CoRA-SASRec", "SASRec"],
+        ["CoRA-MF (user_prefix)", "CoRA-MF"],
+        ["CoRA-MF (suffix)", "CoRA-MF"],
     ]
