@@ -63,6 +63,14 @@ KNOWN_HARMLESS_WORKER_LINES = (
         r"core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' and ID: '[0-9a-f]+' has constructor "
         r"arguments in the object store and max_restarts > 0"
     ),
+    # Ray Data's actor pools (map_batches with a class) start every MapWorker with max_restarts=-1 and the
+    # operator's map transformer (the UDF and its constructor arguments) as an object-store reference
+    # (ray/data/_internal/execution/operators/actor_pool_map_operator.py), whatever the arguments' size. The
+    # operator holds that reference for as long as the dataset runs, so a restarted MapWorker finds it.
+    re.compile(
+        r"core_worker\.cc:\d+: Actor with class name: 'MapWorker\(MapBatches\([A-Za-z_][A-Za-z0-9_]*\)\)' and "
+        r"ID: '[0-9a-f]+' has constructor arguments in the object store and max_restarts > 0"
+    ),
 )
 PRINT_LOGS_HANDLER = "ray_print_logs"  # the name ray.init gives its worker-log printer
 

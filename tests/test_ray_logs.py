@@ -16,10 +16,11 @@ WATCHER = (
     "[2026-12-02 15:25:25,680 E 5486 5643] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and "
     "ID: 'd5cf15acac389f0d098a77eb01000000' has constructor arguments in the object store and max_restarts > 0."
 )
-OWN_ACTOR = WATCHER.replace("'PreemptionWatcher'", "'MapWorker(MapBatches(EncodePrompts))'")
+DATA_POOL = WATCHER.replace("'PreemptionWatcher'", "'MapWorker(MapBatches(EncodePrompts))'")
+OWN_ACTOR = WATCHER.replace("'PreemptionWatcher'", "'ScoringEngine'")  # an actor the project starts itself
 
 
-def test_only_rays_own_watcher_line_is_dropped_on_the_driver():
+def test_only_rays_own_actor_lines_are_dropped_on_the_driver():
     dispatcher = WorkerStandardStreamDispatcher()
     printed: list[dict] = []
     dispatcher.add_handler(ray_cluster.PRINT_LOGS_HANDLER, printed.append)
@@ -27,7 +28,7 @@ def test_only_rays_own_watcher_line_is_dropped_on_the_driver():
     assert not ray_cluster.filter_worker_logs(dispatcher)  # wrapped once, not twice
     dispatcher.emit({"pid": 1, "is_err": True, "lines": [WATCHER]})
     assert printed == []  # a batch of only harmless lines prints nothing
-    dispatcher.emit({"pid": 1, "is_err": True, "lines": [WATCHER, OWN_ACTOR, "[train] step 1"]})
+    dispatcher.emit({"pid": 1, "is_err": True, "lines": [WATCHER, DATA_POOL, OWN_ACTOR, "[train] step 1"]})
     assert printed == [{"pid": 1, "is_err": True, "lines": [OWN_ACTOR, "[train] step 1"]}]
 
 

@@ -95,10 +95,6 @@ class EncodePrompts:
     row, user_id, item_id, label, history, [user_pos, item_pos])."""
 
     def __init__(self, encoder_factory: Any) -> None:
-        import ray  # lazily, like split_dataset: importing this module must not start Ray's import cost
-
-        if isinstance(encoder_factory, ray.ObjectRef):  # split_dataset puts the factory in the object store
-            encoder_factory = ray.get(encoder_factory)
         self.encoder = encoder_factory()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
@@ -140,9 +136,9 @@ def split_dataset(
         ds = ds.randomize_block_order(seed=shuffle_seed)
     return ds.map_batches(
         EncodePrompts,
-        # the factory carries the tokenizer and every title (MBs): one copy in the object store, referenced by
-        # each actor, instead of inlined into every actor's creation task (Ray logs an error for that)
-        fn_constructor_args=(ray.put(encoder_factory),),
+        # keep it small: Ray Data stores the UDF with its arguments once per dataset and every actor fetches it
+        # (the trainer's factory holds the config; each actor loads the tokenizer and titles itself)
+        fn_constructor_args=(encoder_factory,),
         batch_size=map_batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=encoder_actors),

@@ -209,13 +209,17 @@ def driver_tokenizer(cfg: ExperimentConfig) -> tuple[Any, int, int | None]:
     return tokenizer, answer, negative
 
 
-def _make_encoder(tokenizer: Any, cfg: ExperimentConfig, titles: list[str], placeholders: bool) -> Any:
+def _make_encoder(cfg: ExperimentConfig, placeholders: bool, endpoint: str | None) -> Any:
+    """The PromptEncoder of a Ray Data encoder actor, built inside the actor from the config alone: the tokenizer
+    and every item title load there (~3 s, once per actor), so what Ray Data ships to each actor is the small
+    config, not MBs of tokenizer and titles held in the driver's object store."""
     from cora_ray.data.prompts import PromptEncoder
 
+    tokenizer, _, _ = driver_tokenizer(cfg)
     return PromptEncoder(
         tokenizer,
         cfg.prompt,
-        titles,
+        protocol.titles_by_id(protocol.read_items(cfg.data.uri, endpoint)),
         collab_placeholders=placeholders,
         split_suffix=cfg.model.shares_prefix,
     )
@@ -299,12 +303,9 @@ def prepare_run(
             )
 
     tokenizer, _, _ = driver_tokenizer(cfg)
-    titles = protocol.titles_by_id(protocol.read_items(cfg.data.uri, endpoint))
     valid_keys = validation_keys(cfg, endpoint)
     pad_id = int(tokenizer.pad_token_id)
-    encoder_factory = functools.partial(
-        _make_encoder, tokenizer, cfg, titles, _method_class(cfg).needs_placeholders
-    )
+    encoder_factory = functools.partial(_make_encoder, cfg, _method_class(cfg).needs_placeholders, endpoint)
     return RunPlan(
         cfg=cfg,
         run_name=run_name,

@@ -25,8 +25,12 @@ def test_a_good_config_passes_and_plans_the_validation_rows(tiny_inputs, tmp_pat
     assert plan.cf_record["hash"] and plan.cf_record["backbone"] == "mf"
     assert plan.run_uri.startswith(str(tmp_path / "runs"))
     # the prompt encoder the Ray Data actors will build works on protocol rows
+    # what Ray Data ships to every encoder actor is small: the factory carries the config, and the actor
+    # loads the tokenizer and titles itself
+    import cloudpickle
     import numpy as np
 
+    assert len(cloudpickle.dumps(plan.encoder_factory)) < 100_000
     enc = plan.encoder_factory()
     out = enc(
         {
