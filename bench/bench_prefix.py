@@ -13,6 +13,9 @@ bench/results/<name>.{json,md}:
                                without it (each visit recomputes the user's prefix), and the hit rate
   prefix_train_grouped         a training step (forward + backward, 8 rows): user_prefix with the rows of 2 users
                                (4 each: the prefix runs twice) ÷ scope `all` (8 full prompts), samples/s
+  prefix_train_pipeline_order  real ML-1M micro-batches as the pipeline orders them: distinct prefixes per
+                               micro-batch with train.shuffle global vs prefix_groups, and samples/s of
+                               user_prefix on prefix_groups batches ÷ `all` on shuffled ones
 
 Ratios come from interleaved repetitions in one process (bench/common.py), so a busy shared machine moves
 both sides alike; the load average is recorded.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -39,6 +43,7 @@ from cora_ray.infer.prefix_cache import PrefixCache  # noqa: E402
 from cora_ray.infer.scorer import Scorer  # noqa: E402
 from cora_ray.llm.loading import load_llm  # noqa: E402
 from cora_ray.model.build import build_model  # noqa: E402
+from cora_ray.train.pipeline import prefix_group_keys  # noqa: E402
 
 
 def scorer_for(cfg: ExperimentConfig, scope: str, titles: list[str], cf, seed: int = 0) -> Scorer:
@@ -216,6 +221,105 @@ def bench_train(args, cfg, titles, cf, data) -> dict:
     )
 
 
+def train_orders(data: str, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """The train split's rows in the two orders a run can ask for: `global` (a seeded permutation, what
+    random_shuffle gives) and `prefix_groups` (sorted by the pipeline's keyed (user, history) hash: the
+    order of the groups Ray Data's sort yields; ties keep their stored order)."""
+    t = protocol.read_split(data, "train", columns=["user_id", "item_id", "label", "history"])
+    cols = {
+        "user_id": t["user_id"].to_numpy(),
+        "item_id": t["item_id"].to_numpy(),
+        "label": t["label"].to_numpy(),
+        "history": np.array([np.asarray(h, dtype=np.int64) for h in t["history"].to_pylist()], dtype=object),
+    }
+    keys = prefix_group_keys(cols["user_id"], cols["history"], seed)
+    orders = {
+        "global": np.random.default_rng(seed).permutation(len(keys)),
+        "prefix_groups": np.argsort(keys, kind="stable"),
+    }
+    groups = np.unique(keys, return_inverse=True)[1]
+    return {name: {**{k: v[o] for k, v in cols.items()}, "group": groups[o]} for name, o in orders.items()}
+
+
+def prefixes_per_batch(rows: dict[str, np.ndarray], micro: int) -> float:
+    """Mean number of distinct prompt prefixes in a micro-batch of `micro` consecutive rows."""
+    n = len(rows["group"]) // micro * micro
+    g = rows["group"][:n].reshape(-1, micro)
+    return float(np.mean([len(set(r.tolist())) for r in g]))
+
+
+def bench_train_order(args, cfg, titles, cf, data) -> dict:
+    """Real ML-1M micro-batches in the order the pipeline yields them: how many prompt prefixes a micro-batch
+    holds with `train.shuffle` global vs prefix_groups, and the training step's samples/s of user_prefix on
+    prefix_groups batches vs scope `all` on globally shuffled ones (the same number of batches of each)."""
+    orders = train_orders(data, cfg.train.seed)
+    micro = args.micro
+    per_batch = {
+        f"{name}@{m}": prefixes_per_batch(rows, m)
+        for name, rows in orders.items()
+        for m in (micro, 2 * micro)
+    }
+    print(f"train order: distinct prefixes per micro-batch {per_batch}")
+    models = {scope: scorer_for(cfg, scope, titles, cf, seed=0) for scope in ("all", "user_prefix")}
+    plan = {"all": ("all", "global"), "user_prefix_grouped": ("user_prefix", "prefix_groups")}
+    batches: dict[str, list] = {}
+    timed_prefixes: dict[str, int] = {}
+    for name, (scope, order) in plan.items():
+        rows, enc = orders[order], models[scope].encoder
+        picked = np.random.default_rng(cfg.train.seed).choice(
+            len(rows["group"]) // micro, size=args.train_batches, replace=False
+        )  # micro-batches from anywhere in the epoch, not only its first rows
+        batches[name] = []
+        timed_prefixes[name] = 0
+        for b in picked:
+            sl = slice(b * micro, (b + 1) * micro)
+            timed_prefixes[name] += len(set(rows["group"][sl].tolist()))
+            batch = model_batch(enc, rows["user_id"][sl], rows["item_id"][sl], list(rows["history"][sl]))
+            batch["label"] = torch.as_tensor(rows["label"][sl], dtype=torch.float32)
+            batches[name].append(batch)
+    for s in models.values():
+        s.model.train()
+
+    def steps(name: str) -> None:
+        m = models[plan[name][0]].model
+        for batch in batches[name]:
+            m.zero_grad(set_to_none=True)
+            m.loss(batch).backward()
+
+    load0 = load_average()
+    times = interleaved_times({k: functools.partial(steps, k) for k in plan}, reps=args.reps, warmup=1)
+    rows_timed = micro * args.train_batches
+    rate = {k: rows_timed / median(v) for k, v in times.items()}
+    print(f"train order: samples/s {rate}")
+    return write_result(
+        "prefix_train_pipeline_order",
+        value=median(times["all"]),
+        baseline=median(times["user_prefix_grouped"]),
+        unit="s",
+        config={
+            "micro_batch": micro,
+            "batches": args.train_batches,
+            "seed": cfg.train.seed,
+            "prefixes_per_micro_batch": per_batch,
+            "prefixes_in_timed_batches": timed_prefixes,
+            "reps": args.reps,
+            "load_average": [round(load0, 2), round(load_average(), 2)],
+        },
+        title=f"Training steps on real ML-1M micro-batches of {micro}: user_prefix on prefix_groups order vs all",
+        value_label=f"scope all, {args.train_batches} globally shuffled micro-batches (s)",
+        baseline_label=f"user_prefix, {args.train_batches} prefix_groups micro-batches (s)",
+        notes=(
+            f"samples/s: all {rate['all']:.2f}, user_prefix on prefix_groups "
+            f"{rate['user_prefix_grouped']:.2f} ({rate['user_prefix_grouped'] / rate['all']:.2f}x). Distinct "
+            f"prompt prefixes per micro-batch over the whole train split: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in per_batch.items())
+            + f". The timed batches (drawn at random positions) held {timed_prefixes} prefixes in "
+            f"{rows_timed} rows."
+        ),
+        samples=times,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/demo.yaml")
@@ -224,7 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--visits", type=int, default=3)
     ap.add_argument("--per-visit", type=int, default=10)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--only", choices=["recommend", "cache", "train"], default=None)
+    ap.add_argument("--micro", type=int, default=4, help="micro-batch rows for train_order (CPU protocol: 4)")
+    ap.add_argument("--train-batches", type=int, default=12, help="micro-batches timed per rep (train_order)")
+    ap.add_argument("--only", choices=["recommend", "cache", "train", "train_order"], default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     cfg = load_config(ExperimentConfig, args.config, [])
@@ -242,6 +348,8 @@ def main(argv: list[str] | None = None) -> None:
         del shared
     if args.only in (None, "train"):
         bench_train(args, cfg, titles, cf, data)
+    if args.only in (None, "train_order"):
+        bench_train_order(args, cfg, titles, cf, data)
 
 
 if __name__ == "__main__":

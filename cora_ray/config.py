@@ -415,7 +415,10 @@ class TrainConfig:
     # --- added for the Ray Train / Ray Data run (cora_ray/train) ---
     eval_batch_size: int | None = None  # validation batch size (None: micro_batch_size)
     log_every: int = 10  # console line every N optimizer steps (the JSONL gets every step)
-    shuffle: Literal["global", "local"] = "global"  # global: Ray Data random_shuffle of the id rows per epoch
+    # global: Ray Data random_shuffle of the id rows; local: the stored order's blocks shuffled; prefix_groups:
+    # rows sharing (user, history) kept adjacent, groups in a seeded random order, no local buffer (they would
+    # be scattered again) — what lets a user_prefix / suffix model compute each prefix once per micro-batch
+    shuffle: Literal["global", "local", "prefix_groups"] = "global"
     shuffle_buffer_rows: int = 1024  # per-worker local shuffle buffer of encoded rows (0: none)
     cpu_threads_per_worker: int | None = None  # torch threads per worker on CPU (None: cores / num_workers)
     save_optimizer_state: bool = True  # AdamW moments per rank in each checkpoint (exact resume)

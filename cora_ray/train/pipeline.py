@@ -22,6 +22,11 @@
   `prompt.max_prompt_tokens`.
 - Each training batch is left-padded once, in the worker, to its own longest row (`batching.collate`, via
   `iter_model_batches`' collate_fn): the same function the scorer uses, so both build identical input_ids.
+- `group_prefixes` (train.shuffle = "prefix_groups") orders the rows so that those sharing one prompt prefix
+  (same user, same history) are adjacent, in a seeded random order of the groups: a Ray Data `sort` on a
+  keyed hash of (user, history) instead of `random_shuffle`. A micro-batch then holds a few rows of each of
+  fewer prefixes, and a `user_prefix` / `suffix` model computes each prefix once for them
+  (`CoRAModel._forward_shared`; docs/method.md §2.5).
 - `TrainDataConfig` splits "train" into equal shards (every worker takes the same number of steps per epoch)
   and "valid" into unequal ones (`equal=True` would drop rows to even the shards: each validation row must
   be scored exactly once).
@@ -29,6 +34,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,6 +79,27 @@ def _keep_rows(batch: dict[str, np.ndarray], keys: np.ndarray) -> dict[str, np.n
     return {k: v[mask] for k, v in batch.items()}
 
 
+PREFIX_GROUP_COLUMN = "prefix_group"
+
+
+def prefix_group_keys(user_id: np.ndarray, history: Any, seed: int) -> np.ndarray:
+    """int64 per row: a hash of (user, history) keyed by `seed` — equal for rows that share one prompt prefix,
+    unrelated across prefixes, a different order of the groups for another seed."""
+    key = int(seed).to_bytes(8, "little", signed=True)
+    out = np.empty(len(user_id), dtype=np.int64)
+    for i, (user, hist) in enumerate(zip(user_id, history, strict=True)):
+        digest = hashlib.blake2b(digest_size=8, key=key)
+        digest.update(int(user).to_bytes(8, "little", signed=True))
+        digest.update(np.asarray(hist, dtype=np.int64).tobytes())
+        out[i] = int.from_bytes(digest.digest(), "little", signed=True)
+    return out
+
+
+def _add_prefix_group(batch: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """map_batches: the rows with their `PREFIX_GROUP_COLUMN` (see `prefix_group_keys`)."""
+    return {**batch, PREFIX_GROUP_COLUMN: prefix_group_keys(batch["user_id"], batch["history"], seed)}
+
+
 @contextmanager
 def footer_readers(count: int = FOOTER_READERS) -> Iterator[None]:
     """Within the block, a `ray.data.read_parquet` call lists its files with `count` footer-reading actors
@@ -114,6 +141,7 @@ def split_dataset(
     keep_keys: np.ndarray | None = None,
     shuffle_seed: int | None = None,
     global_shuffle: bool = False,
+    group_prefixes: bool = False,
     map_batch_size: int = 256,
     encoder_actors: int = 1,
     encoder_cpus: float = 0.5,
@@ -122,7 +150,11 @@ def split_dataset(
 
     `keep_keys` restricts it to those (user, item) rows (validation sample); `global_shuffle` adds a Ray
     Data `random_shuffle` of the raw id rows (ints only, before prompts are built) — the protocol's splits
-    are stored in time order, so without it a short run would only see the split's first weeks."""
+    are stored in time order, so without it a short run would only see the split's first weeks;
+    `group_prefixes` instead keeps the rows of one (user, history) together, the groups in a random order
+    seeded by `shuffle_seed` (module docstring)."""
+    if global_shuffle and group_prefixes:
+        raise ValueError("split_dataset: global_shuffle and group_prefixes are two row orders; ask for one")
     import ray.data
 
     fs, path = storage.filesystem(protocol.split_dir(data_uri, split), endpoint)
@@ -130,7 +162,11 @@ def split_dataset(
         ds = ray.data.read_parquet(path, filesystem=fs).select_columns(READ_COLUMNS)
     if keep_keys is not None:
         ds = ds.map_batches(_keep_rows, fn_args=(np.unique(keep_keys),), batch_format="numpy", num_cpus=0.25)
-    if global_shuffle:
+    if group_prefixes:
+        seed = 0 if shuffle_seed is None else shuffle_seed
+        ds = ds.map_batches(_add_prefix_group, fn_args=(seed,), batch_format="numpy", num_cpus=0.25)
+        ds = ds.sort(PREFIX_GROUP_COLUMN).select_columns(READ_COLUMNS)
+    elif global_shuffle:
         ds = ds.random_shuffle(seed=shuffle_seed)
     elif shuffle_seed is not None:
         ds = ds.randomize_block_order(seed=shuffle_seed)

@@ -313,6 +313,9 @@ class CoRATrainingRecipe:
             pad_id=self.spec.pad_id,
             device=self.device,
         )
+        # rows grouped by prompt prefix arrive in order; a local shuffle buffer would scatter the groups again
+        keep_order = self.t.shuffle == "prefix_groups" or self.t.shuffle_buffer_rows == 0
+        self.shuffle_buffer = None if keep_order else self.t.shuffle_buffer_rows
         self.batches = self._micro_batches()
         self.last_batch: dict | None = None
 
@@ -327,7 +330,7 @@ class CoRATrainingRecipe:
                 pad_id=self.spec.pad_id,
                 device=self.device,
                 drop_last=True,
-                shuffle_buffer=t.shuffle_buffer_rows if t.shuffle_buffer_rows > 0 else None,
+                shuffle_buffer=self.shuffle_buffer,
                 shuffle_seed=t.seed + 7919 * state.epoch + state.step,
             ):
                 n += 1

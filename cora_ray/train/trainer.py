@@ -357,6 +357,7 @@ def build_datasets(plan: RunPlan) -> dict[str, Any]:
         endpoint=plan.endpoint,
         shuffle_seed=cfg.train.seed,
         global_shuffle=cfg.train.shuffle == "global",
+        group_prefixes=cfg.train.shuffle == "prefix_groups",
     )
     keep = None if cfg.train.eval_limit is None else plan.valid_keys
     valid = split_dataset(

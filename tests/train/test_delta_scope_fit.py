@@ -1,6 +1,7 @@
-"""model.delta_scope=user_prefix through the real training path (Ray Data ingest with suffix positions, Ray
-Train, DeepSpeed ZeRO-2, validation, checkpoint): the checkpoint records the scope, its "no item" vector is
-trained, and a Scorer (prefix-shared) reproduces validation's per-row scores (valid_scores.safetensors)."""
+"""model.delta_scope=user_prefix through the real training path (Ray Data ingest with suffix positions, rows
+grouped by prefix (train.shuffle=prefix_groups), Ray Train, DeepSpeed ZeRO-2, validation, checkpoint): the
+checkpoint records the scope, its "no item" vector is trained, and a Scorer (prefix-shared) reproduces
+validation's per-row scores (valid_scores.safetensors)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def test_user_prefix_trains_and_the_prefix_shared_scorer_reproduces_validation(
     cfg = tiny_inputs.config(
         tmp_path / "runs",
         "model.delta_scope=user_prefix",
+        "train.shuffle=prefix_groups",  # rows of one (user, history) adjacent: prefixes shared in a batch
         num_workers=2,
         zero_stage=2,
         max_steps=6,
