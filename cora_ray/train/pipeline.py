@@ -263,7 +263,12 @@ class ReplayedShard:
 
 
 def train_data_config():
-    """Ray Train DataConfig: "train" in equal shards, "valid" in unequal ones (no row dropped)."""
+    """Ray Train DataConfig: "train" in equal shards, "valid" in unequal ones (no row dropped).
+
+    "train" runs with Ray Data's `preserve_order`: its blocks leave each operator in order and the equal
+    split over workers ignores locality, so a seed gives every worker the same rows in the same order on
+    every run (without it, block order follows task completion and a run's losses are not reproducible:
+    tests/train/test_reproducible_order.py)."""
     from ray.train import DataConfig
 
     class TrainDataConfig(DataConfig):
@@ -273,7 +278,9 @@ def train_data_config():
                 if ds.name is None:
                     ds.set_name(name)
                 ds = ds.copy(ds)
-                ds.context.execution_options = self._resolve_execution_options(name)
+                options = self._resolve_execution_options(name)
+                options.preserve_order = options.preserve_order or name == "train"
+                ds.context.execution_options = options
                 splits = ds.streaming_split(
                     world_size, equal=(name == "train"), locality_hints=worker_node_ids
                 )
