@@ -558,7 +558,8 @@ class Scorer:
         cache: PrefixCache | None,
     ) -> None:
         """Rows grouped by their prefix (cora_ray/model/prefix.py): `bs` prefixes per prefix pass, then
-        their rows' suffixes in batches of `bs` rows, each against its own prefix's keys/values."""
+        their rows' suffixes in batches of `bs` rows (ordered by suffix length), each against its own
+        prefix's keys/values."""
         from cora_ray.model.prefix import left_padded_tensors, split_rows
 
         tokens = self.encoder.token_rows(rows.hists, rows.items)
@@ -569,6 +570,8 @@ class Scorer:
             g1 = min(g0 + bs, len(split.prefixes))
             state = self._prefix_state(split, range(g0, g1), rows, cache)
             chunk = order[(split.groups[order] >= g0) & (split.groups[order] < g1)]
+            # suffix batches of similar lengths (titles differ): padding is a large share of a ~33-token row
+            chunk = chunk[np.argsort([len(split.suffixes[j]) for j in chunk], kind="stable")]
             for start in range(0, len(chunk), bs):
                 idx = chunk[start : start + bs]
                 suffix = left_padded_tensors([split.suffixes[j] for j in idx], pad_id, self.device)
