@@ -98,6 +98,10 @@ class CompareMethod:
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "methods[].name must not be empty")
+        _check(
+            "," not in self.name and "@" not in self.name,
+            f"method {self.name!r}: a name must not contain ',' or '@' (`--only A,B@42` splits on them)",
+        )
         if self.kind in ("cf", "checkpoint", "results"):
             _check(bool(self.uri), f"method {self.name!r}: kind {self.kind} needs a uri")
         if self.seeds is None:
