@@ -126,7 +126,12 @@ class RowAdmission:
     Retry-After is rows over busy seconds, an exponential average (half weight on the last ~10 chunks).
     `batch_begin(rows)` / `batch_end()` bracket a batch: rows are released when a batch answers, so
     Retry-After is at least the time the running batch still needs, and `batch_busy_s` is the wall time
-    spent in batches (utilisation = its growth over elapsed time)."""
+    spent in batches (utilisation = its growth over elapsed time).
+
+    Refused requests take a ticket: their rows join a refused backlog that drains at the measured rate, and a
+    refused request's Retry-After also waits for the backlog ahead of it. Without it every client refused
+    during one batch is told the same instant, returns together and is refused again (measured with 32 clients
+    on 2 cores: 650 refusals in 90 s, whose HTTP work took CPU from the scorer)."""
 
     def __init__(self, max_rows: int) -> None:
         if max_rows <= 0:
@@ -143,6 +148,8 @@ class RowAdmission:
         self.busy_s = 0.0
         self.batch_busy_s = 0.0
         self._batch: tuple[float, int] | None = None  # (monotonic start, rows) of the running batch
+        self._backlog = 0.0  # rows of refused requests told to come back, not yet drained at the rate
+        self._backlog_t = time.monotonic()
         self.started = time.monotonic()
 
     def admit(self, rows: int) -> None:
@@ -150,7 +157,8 @@ class RowAdmission:
             if self.queued_rows + rows > self.max_rows:
                 self.refused_rows += rows
                 self.refused_requests += 1
-                retry = self._retry_after(self.queued_rows + rows - self.max_rows)
+                retry = self._retry_after(self.queued_rows + rows - self.max_rows + self._drain_backlog())
+                self._backlog += rows
                 raise Overloaded(
                     f"scorer replica at capacity: {self.queued_rows} rows queued, the request has {rows}, "
                     f"the bound is {self.max_rows} (max_queued_rows); retry in {retry} s",
@@ -194,7 +202,18 @@ class RowAdmission:
         """Rows per busy second (the forward rate, EMA), None before the first chunk."""
         return self._rate
 
-    def _retry_after(self, excess_rows: int) -> int:
+    def _drain_backlog(self) -> float:
+        """The refused backlog now: what earlier refused requests still stand for, less what the rate served
+        since (no rate measured yet: kept as it is)."""
+        now = time.monotonic()
+        if self._rate:
+            self._backlog = max(0.0, self._backlog - self._rate * (now - self._backlog_t))
+        else:
+            self._backlog = 0.0  # Retry-After is 1 s until a rate is measured: no tickets to space out
+        self._backlog_t = now
+        return self._backlog
+
+    def _retry_after(self, excess_rows: float) -> int:
         # How long until there is room for the request at the measured rate: the excess rows drained, and
         # no earlier than the end of the running batch (its rows are released together); at least 1 s.
         rate = self._rate
@@ -214,6 +233,7 @@ class RowAdmission:
                 "admitted_rows": self.admitted_rows,
                 "refused_rows": self.refused_rows,
                 "refused_requests": self.refused_requests,
+                "refused_backlog_rows": round(self._backlog, 1),
                 "rows_per_s": round(self._rate, 4) if self._rate else None,
                 "forward_busy_s": round(self.busy_s, 3),
                 "batch_busy_s": round(self.batch_busy_s, 3),

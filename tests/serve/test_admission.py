@@ -52,6 +52,32 @@ def test_retry_after_waits_for_the_running_batch_to_release_its_rows():
     assert exc.value.retry_after_s == 1
 
 
+def test_refused_requests_take_tickets_so_they_do_not_all_return_at_once(monkeypatch):
+    from cora_ray.infer import admission
+
+    now = [100.0]
+    monkeypatch.setattr(admission, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    a = RowAdmission(10)
+    a.observe(rows=4, seconds=2.0)  # 2 rows/s
+    a.admit(10)  # full
+    waits = []
+    for _ in range(3):  # three clients refused at the same instant, 4 rows each
+        with pytest.raises(Overloaded) as exc:
+            a.admit(4)
+        waits.append(exc.value.retry_after_s)
+    # each waits for its own 4 excess rows plus the refused rows ahead of it, at 2 rows/s
+    assert waits == [2, 4, 6]
+    assert a.snapshot()["refused_backlog_rows"] == 12
+    now[0] += 3.0  # 6 rows of backlog served since
+    with pytest.raises(Overloaded) as exc:
+        a.admit(4)
+    assert exc.value.retry_after_s == math.ceil((4 + 6) / 2)
+    now[0] += 60.0  # long after: the backlog is drained, the wait is the request's own excess again
+    with pytest.raises(Overloaded) as exc:
+        a.admit(4)
+    assert exc.value.retry_after_s == 2
+
+
 def test_a_request_larger_than_the_bound_is_refused_even_when_idle():
     with pytest.raises(Overloaded):
         RowAdmission(3).admit(4)
