@@ -417,7 +417,9 @@ class TrainConfig:
     log_every: int = 10  # console line every N optimizer steps (the JSONL gets every step)
     # global: Ray Data random_shuffle of the id rows; local: the stored order's blocks shuffled; prefix_groups:
     # rows sharing (user, history) kept adjacent, groups in a seeded random order, no local buffer (they would
-    # be scattered again) — what lets a user_prefix / suffix model compute each prefix once per micro-batch
+    # be scattered again) — what lets a user_prefix / suffix model compute each prefix once per micro-batch.
+    # An ablation: on ML-1M at the demo budget it did not learn (validation AUC 0.52 vs 0.72 shuffled;
+    # results/delta_scope_grouping/README.md) — a micro-batch then holds one or two users' correlated labels
     shuffle: Literal["global", "local", "prefix_groups"] = "global"
     shuffle_buffer_rows: int = 1024  # per-worker local shuffle buffer of encoded rows (0: none)
     cpu_threads_per_worker: int | None = None  # torch threads per worker on CPU (None: cores / num_workers)
