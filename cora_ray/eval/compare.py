@@ -544,7 +544,7 @@ def _selection(
     chosen: dict[str, set | bool] = {n: False for n in by_name}
     unknown = []
     for entry in only:
-        name, _, seed = entry.rpartition("@") if "@" in entry and entry not in by_name else (entry, "", "")
+        name, _, seed = entry.rpartition("@") if "@" in entry else (entry, "", "")  # names hold no '@'
         method = by_name.get(name)
         if method is None:
             unknown.append(entry)
