@@ -236,7 +236,7 @@ class RowAdmission:
                 "admitted_rows": self.admitted_rows,
                 "refused_rows": self.refused_rows,
                 "refused_requests": self.refused_requests,
-                "refused_backlog_rows": round(self._backlog, 1),
+                "refused_backlog_rows": round(self._drain_backlog(), 1),  # as of now, not the last refusal
                 "rows_per_s": round(self._rate, 4) if self._rate else None,
                 "forward_busy_s": round(self.busy_s, 3),
                 "batch_busy_s": round(self.batch_busy_s, 3),

@@ -69,6 +69,7 @@ def test_refused_requests_take_tickets_so_they_do_not_all_return_at_once(monkeyp
     assert waits == [2, 4, 6]
     assert a.snapshot()["refused_backlog_rows"] == 10  # 12 refused rows, capped at one queue (max_rows)
     now[0] += 3.0  # 6 rows of backlog served since
+    assert a.snapshot()["refused_backlog_rows"] == 4
     with pytest.raises(Overloaded) as exc:
         a.admit(4)
     assert exc.value.retry_after_s == math.ceil((4 + 4) / 2)
