@@ -214,6 +214,18 @@ AUTHORS_TEMPLATE = (
     "Leverage the information to predict whether the user would enjoy the {domain} titled {target}? "
     'Answer with "Yes" or "No". \\n#Answer:'
 )
+# The authors' sentences with the target title moved to the very end (their answer cue "\\n#Answer:" dropped:
+# the chat template's assistant turn is the cue), so that everything after the title is a few tokens. With a
+# shared-prefix scope (model.delta_scope user_prefix / suffix, docs/method.md §2.5) a candidate then costs its
+# title, not the ~20-token question as well (token arithmetic in docs/method.md §2.5; chosen on validation or
+# not at all: README "Prefix sharing").
+TARGET_LAST_TEMPLATE = (
+    "#Question: A user has given high ratings to the following {domain_plural}: {history}. "
+    'Leverage the information to predict whether the user would enjoy a {domain}; answer with "Yes" or "No". '
+    "The {domain} is titled {target}."
+)
+# `prompt.template` may name one of these instead of spelling a template out.
+NAMED_TEMPLATES = {"authors": AUTHORS_TEMPLATE, "target_last": TARGET_LAST_TEMPLATE}
 
 
 @dataclass
@@ -228,7 +240,7 @@ class DataConfig:
 class PromptConfig:
     """docs/method.md §3 prompt. `{history}` and `{target}` are filled with quoted titles."""
 
-    template: str = AUTHORS_TEMPLATE
+    template: str = AUTHORS_TEMPLATE  # a template, or a name in NAMED_TEMPLATES ("authors", "target_last")
     domain: str = "movie"  # "book" for Amazon-Book
     domain_plural: str = "movies"
     empty_history: str = "unkow"  # the authors' literal placeholder
@@ -237,6 +249,7 @@ class PromptConfig:
     chat_template: bool = False  # wrap the question in the tokenizer's chat template (instruct models)
 
     def __post_init__(self) -> None:
+        self.template = NAMED_TEMPLATES.get(self.template, self.template)
         _check(self.max_history >= 0, f"prompt.max_history must be >= 0, got {self.max_history}")
         _check(
             self.max_prompt_tokens > 16,

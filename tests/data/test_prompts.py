@@ -64,6 +64,26 @@ def test_book_domain_and_custom_placeholder():
     assert 'enjoy the book titled "Dune"?' in prompt
 
 
+def test_named_template_target_last_puts_only_the_title_after_the_split(tokenizer):
+    """`prompt.template: target_last` resolves to the title-last question; split at the target, the per-item
+    suffix is the quoted title and the final stop (chat tail aside), a third of the authors' suffix."""
+    cfg = PromptConfig(template="target_last", chat_template=True)
+    assert cfg.template.endswith("The {domain} is titled {target}.")
+    prompt = build_prompt(["Toy Story (1995)"], "Jumanji (1995)", cfg)
+    assert prompt.endswith('answer with "Yes" or "No". The movie is titled "Jumanji (1995)".')
+    assert PromptConfig(template="authors").template == PromptConfig().template
+    suffix_len = {}
+    for name in ("authors", "target_last"):
+        enc = PromptEncoder(
+            tokenizer, PromptConfig(template=name, chat_template=True), TITLES, split_suffix=True
+        )
+        rows = enc.token_rows([np.array([2, 3])], [1])
+        suffix = tokenizer.decode(rows.ids[0][rows.positions["suffix_pos"][0] :])
+        assert suffix.startswith('" Toy Story ( 1 9 9 5 ) "'), suffix
+        suffix_len[name] = len(rows.ids[0]) - rows.positions["suffix_pos"][0]
+    assert suffix_len["target_last"] < suffix_len["authors"] - 10
+
+
 def test_empty_history_uses_the_placeholder():
     assert "the following movies: unkow. Leverage" in build_prompt([], "Heat (1995)", PromptConfig())
     assert format_history(["A", "B"], PromptConfig(max_history=0)) == "unkow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -395,6 +396,7 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
         "CoRA-MF",
         "CoRA-MF (user_prefix)",
         "CoRA-MF (suffix)",
+        "CoRA-MF (user_prefix; target_last)",
         "CoRA-LightGCN",
         "CoRA-SASRec",
     }
@@ -410,6 +412,15 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
         name = "CoRA-MF" if scope == "all" else f"CoRA-MF ({scope})"
         model = train_command_config(seeded[name].for_seed(42).produce[0]).model
         assert (model.method, model.cf_artifact, model.delta_scope) == ("cora", "artifacts/cf/mf", scope)
+    # ... and the title-last row from CoRA-MF (user_prefix) in the prompt alone
+    base, tl = (
+        train_command_config(seeded[n].for_seed(42).produce[0])
+        for n in ("CoRA-MF (user_prefix)", "CoRA-MF (user_prefix; target_last)")
+    )
+    assert tl.prompt == dataclasses.replace(base.prompt, template="target_last")
+    assert (
+        tl.model == base.model and dataclasses.replace(tl.train, run_name=base.train.run_name) == base.train
+    )
     # faithful CoLLM's stage 2 starts from the TALLRec run of the same seed
     for s in seeded["CoLLM-MF (faithful)"].seeds:
         model = train_command_config(seeded["CoLLM-MF (faithful)"].for_seed(s).produce[0]).model
@@ -432,4 +443,5 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
         ["CoRA-SASRec", "SASRec"],
         ["CoRA-MF (user_prefix)", "CoRA-MF"],
         ["CoRA-MF (suffix)", "CoRA-MF"],
+        ["CoRA-MF (user_prefix; target_last)", "CoRA-MF (user_prefix)"],
     ]
