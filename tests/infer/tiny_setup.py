@@ -69,6 +69,7 @@ def write_tiny_checkpoint(
     seed: int = 1,
     valid_auc: float = 0.5,
     model_overrides: dict | None = None,
+    step: int = 10,
     **manifest_edits,
 ) -> str:
     """A checkpoint of `method` with random trainable tensors; `manifest_edits` replace manifest fields
@@ -105,7 +106,7 @@ def write_tiny_checkpoint(
             else None,
             dataset_hash=art.data_hash,
             metrics={"valid_auc": valid_auc, "valid_uauc": 0.5},
-            step=10,
+            step=step,
         )
         if manifest_edits:  # re-stamped: a consistent manifest of a checkpoint made with other inputs
             manifests.write(manifests.CHECKPOINT, tmp, {**copy.deepcopy(manifest), **manifest_edits})
