@@ -523,8 +523,17 @@ def _differences(run: _Run, used: dict[str, list[SeedResult]], labels: dict[str,
             entry["skipped"] = f"{' and '.join(absent)} not run"
             out.append(entry)
             continue
+        chosen = {n: used[n] for n in (a, b)}
+        seeds = {n: {r.seed for r in used[n]} for n in (a, b)}
+        common = seeds[a] & seeds[b] - {None}
+        if common and (seeds[a] != common or seeds[b] != common):
+            # two seeded methods: compare the seeds both have, so that a seed one side lacks does not pass
+            # for a difference between the methods (the interval covers test rows, not training seeds)
+            chosen = {n: [r for r in used[n] if r.seed in common] for n in (a, b)}
+        if common:
+            entry["paired_seeds"] = sorted(common)
         tables = {
-            n: [read_scores(r.run_uri, cfg.report_split, run.endpoint) for r in used[n]] for n in (a, b)
+            n: [read_scores(r.run_uri, cfg.report_split, run.endpoint) for r in chosen[n]] for n in (a, b)
         }
         aligned = align_scores(tables)
         entry.update(

@@ -159,8 +159,9 @@ def differences_markdown(diffs: Sequence[dict], split: str, resamples: int, seed
         f"Paired bootstrap on the `{split}` rows both methods scored: {resamples} resamples (seed {seed}); "
         "95% interval = 2.5 / 97.5 percentiles of the resampled difference. AUC: rows drawn with replacement; "
         "UAUC: users drawn with replacement (a user's rows together, each drawn user counting its own AUC). "
-        "A method with several training seeds counts as the mean over its seeds on each resample. "
-        "**no** = 0 is outside the interval.",
+        "A method with several training seeds counts as the mean over its seeds on each resample; two methods "
+        "with seeds are compared on the seeds both have (listed). The interval covers the sampling of test rows, "
+        "not the spread between training seeds. **no** = 0 is outside the interval.",
         "",
         "| A − B | seeds A / B | AUC diff | 95% CI | 0 in CI | UAUC diff | 95% CI | 0 in CI |",
         "|---|---|---|---|---|---|---|---|",
@@ -171,8 +172,10 @@ def differences_markdown(diffs: Sequence[dict], split: str, resamples: int, seed
             lines.append(f"| {name} | — | — | — | — | — | — | — ({d['skipped']}) |")
             continue
         seeds = d.get("seeds", {})
+        paired = d.get("paired_seeds")
+        count = f"{seeds.get(d['a'], '?')} / {seeds.get(d['b'], '?')}"
         lines.append(
-            f"| {name} | {seeds.get(d['a'], '?')} / {seeds.get(d['b'], '?')} | "
+            f"| {name} | {count}" + (f" (seeds {', '.join(map(str, paired))})" if paired else "") + " | "
             + " | ".join(_interval_cells(d.get("auc")) + _interval_cells(d.get("uauc")))
             + " |"
         )

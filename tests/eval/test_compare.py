@@ -267,6 +267,29 @@ def test_seeded_method_reports_mean_and_std_over_seeds_and_differences(tiny_arti
     assert sum("collected" in x for x in logs) == 3 and again["methods"][1]["metrics"] == cora["metrics"]
 
 
+def test_two_seeded_methods_are_compared_on_the_seeds_both_have(tiny_artifacts, tmp_path):
+    """A seed one method lacks must not pass for a difference between the methods: with CoRA-MF at seeds 1, 2
+    and CoRA-B at seed 1 only, the difference is seed 1 against seed 1."""
+    cfg = seeded_config(tmp_path, tiny_artifacts)
+    other = dataclasses.replace(
+        cfg.methods[1],
+        name="CoRA-B",
+        uri=str(tmp_path / "ckb_s{seed}"),
+        produce=[p.replace("/ck_s{seed}", "/ckb_s{seed}") for p in cfg.methods[1].produce],
+    )
+    cfg = dataclasses.replace(cfg, methods=[*cfg.methods, other], differences=[["CoRA-MF", "CoRA-B"]])
+    summary = run_compare(cfg, progress=False, log=lambda _: None, only=["CoRA-MF", "MF", "CoRA-B@1"])
+    by_name = {m["name"]: m for m in summary["methods"]}
+    auc = {
+        (n, s): by_name[n]["per_seed"][s]["metrics"]["test"]["auc"]
+        for n, s in (("CoRA-MF", "1"), ("CoRA-B", "1"))
+    }
+    diff = summary["differences"][0]
+    assert diff["paired_seeds"] == [1] and diff["seeds"] == {"CoRA-MF": 1, "CoRA-B": 1}
+    assert diff["auc"]["observed"] == pytest.approx(auc["CoRA-MF", "1"] - auc["CoRA-B", "1"])
+    assert "| 1 / 1 (seeds 1) |" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
 def test_a_changed_protocol_is_labelled_or_rerun_never_silently_collected(tiny_artifacts, tmp_path):
     first = seeded_config(tmp_path, tiny_artifacts)
     before = run_compare(first, progress=False, log=lambda _: None)["methods"][1]["metrics"]
