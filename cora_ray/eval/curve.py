@@ -342,6 +342,10 @@ def plot_curve(summary: dict, path: str | Path) -> Path:
         if paper:
             ax.axhline(paper[0 if key == "auc" else 1], color=color, ls="--", lw=0.8, label=f"paper {label}")
     ax.set_xscale("log")
+    ticks = sorted({p["rows_trained"] for p in v} | {p["rows_trained"] for p in t})
+    if ticks:
+        ax.set_xticks(ticks, [f"{x:,}" for x in ticks], fontsize=7)
+        ax.minorticks_off()
     ax.set_xlabel("training rows seen")
     ax.set_ylabel("AUC / UAUC")
     ax.set_title(summary["name"])
