@@ -31,11 +31,13 @@ from pathlib import Path
 
 from cora_ray import storage
 from cora_ray.checkpoint import KIND as CHECKPOINT_KIND
+from cora_ray.checkpoint import read_checkpoint_manifest
 from cora_ray.config import ExperimentConfig, _check, load_config
 from cora_ray.data import protocol
 from cora_ray.errors import ConfigError, CoraError, StorageError
 from cora_ray.eval.compare import train_command_config
 from cora_ray.eval.evaluate import evaluate, parse_splits, read_results
+from cora_ray.eval.report import paper_values
 from cora_ray.infer.source import ScorerSource
 
 PROGRESS_FILE = "progress.jsonl"  # the run's per-step log (cora_ray/train), one JSON object per line
@@ -183,8 +185,6 @@ def _reusable(doc: dict, cfg: CurveConfig, checkpoint_hash: str, data_hash: str)
 
 def score(cfg: CurveConfig, log=print, progress: bool = True) -> dict[int, dict]:
     """Test metrics per scored step (steps without a checkpoint yet are left out, and said so)."""
-    from cora_ray.checkpoint import read_checkpoint_manifest
-
     data_hash = protocol.read_manifest(cfg.data)["hash"]
     by_step = checkpoints_by_step(cfg.run) if Path(cfg.run).exists() else {}
     docs: dict[int, dict] = {}
@@ -269,8 +269,6 @@ def _f(v, digits: int = 4) -> str:
 
 
 def curve_markdown(summary: dict) -> str:
-    from cora_ray.eval.report import paper_values
-
     rows_per_epoch = summary["train_split_rows"] or None
     lines = [
         f"# {summary['name']}",
@@ -318,9 +316,7 @@ def plot_curve(summary: dict, path: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cora_ray.eval.report import paper_values
+    import matplotlib.pyplot as plt  # imported here: matplotlib loads only when a plot is drawn
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
