@@ -155,6 +155,29 @@ def test_one_worker_zero3_then_resume_from_its_checkpoint(
     assert second.last_metrics["step"] == 18
 
 
+def test_a_run_continued_in_place_goes_on_from_its_latest_checkpoint(
+    ray_cluster, tiny_inputs, tmp_path, progress_records
+):
+    """`--resume <run directory>` (what jobs/curve.py does to finish a long run over several sittings): the same
+    directory, steps after the latest checkpoint, progress appended, every checkpoint kept by step."""
+    from cora_ray.eval.curve import checkpoints_by_step, validation_points
+
+    common = dict(num_workers=1, zero_stage=2, eval_every=3, checkpoints_to_keep=3, run_name="curve")
+    first = fit(tiny_inputs.config(tmp_path / "runs", max_steps=6, save_optimizer_state="true", **common))
+    second = fit(
+        tiny_inputs.config(tmp_path / "runs", max_steps=9, save_optimizer_state="true", **common),
+        resume=first.run_uri,
+    )
+    assert second.run_uri == first.run_uri
+    records = progress_records(second.run_uri)
+    starts = [r for r in records if r["type"] == "start"]
+    assert [s["step"] for s in starts] == [0, 6] and starts[1]["optimizer_state"] == "restored"
+    steps = [r["step"] for r in records if r["type"] == "train"]
+    assert steps == list(range(1, 10))  # nothing trained twice, nothing skipped
+    assert sorted(checkpoints_by_step(second.run_uri)) == [3, 6, 9]
+    assert [p["step"] for p in validation_points(second.run_uri)] == [3, 6, 9]
+
+
 def checkpoint_registered(run_dir: Path) -> bool:
     """Ray Train lists the run's registered checkpoints in its snapshot file."""
     try:
