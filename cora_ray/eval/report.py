@@ -175,7 +175,9 @@ def differences_markdown(diffs: Sequence[dict], split: str, resamples: int, seed
         paired = d.get("paired_seeds")
         count = f"{seeds.get(d['a'], '?')} / {seeds.get(d['b'], '?')}"
         lines.append(
-            f"| {name} | {count}" + (f" (seeds {', '.join(map(str, paired))})" if paired else "") + " | "
+            f"| {name} | {count}"
+            + (f" (seeds {', '.join(map(str, paired))})" if paired else "")
+            + " | "
             + " | ".join(_interval_cells(d.get("auc")) + _interval_cells(d.get("uauc")))
             + " |"
         )
