@@ -174,12 +174,7 @@ class CompareConfig:
         _check(len(self.methods) > 0, "methods must list at least one method")
         names = [m.name for m in self.methods]
         _check(len(set(names)) == len(names), f"method names must be unique, got {names}")
-        try:
-            parse_splits(self.splits)
-        except ConfigError as exc:
-            raise ConfigError(f"splits: {exc}") from None
-        _check(self.report_split in self.splits, f"report_split {self.report_split!r} must be one of splits")
-        _check(self.limit is None or self.limit > 0, f"limit must be > 0, got {self.limit}")
+        check_rows(self.splits, self.report_split, self.limit)
         _check(self.dataset in ("ml-1m", "amazon-book") or bool(self.dataset), "dataset must be named")
         for k, pair in enumerate(self.differences):
             _check(len(pair) == 2, f"differences[{k}] must be a pair [A, B], got {pair}")
@@ -191,6 +186,26 @@ class CompareConfig:
         )
         if self.use_gpu and self.device == "cpu":
             self.device = "cuda"
+
+
+def check_rows(splits: list[str], report_split: str, limit: int | None) -> None:
+    """The test rows a job scores (compare, curve): known splits, the reported one among them, a positive limit."""
+    try:
+        parse_splits(splits)
+    except ConfigError as exc:
+        raise ConfigError(f"splits: {exc}") from None
+    _check(report_split in splits, f"report_split {report_split!r} must be one of splits")
+    _check(limit is None or limit > 0, f"limit must be > 0, got {limit}")
+
+
+def results_fit(doc: dict, data_hash: str | None, splits: list[str], limit: int | None, seed: int) -> bool:
+    """Stored results (metrics.json) made on the same data, splits, limit and sample seed: reusable."""
+    return (
+        doc.get("data", {}).get("hash") == data_hash
+        and doc.get("limit") == limit
+        and doc.get("seed") == seed
+        and all(s in doc.get("splits", {}) for s in splits)
+    )
 
 
 def slug(name: str) -> str:
@@ -331,15 +346,6 @@ def check_trained_as(method: CompareMethod, checkpoint_uri: str, endpoint: str |
         )
 
 
-def _reusable(doc: dict, cfg: CompareConfig, data_hash: str | None) -> bool:
-    return (
-        doc.get("data", {}).get("hash") == data_hash
-        and doc.get("limit") == cfg.limit
-        and doc.get("seed") == cfg.seed
-        and all(s in doc.get("splits", {}) for s in cfg.splits)
-    )
-
-
 @dataclass
 class SeedResult:
     """One evaluation behind a row: the method's only one, or one training seed's."""
@@ -373,7 +379,7 @@ def _stored(run: _Run, method: CompareMethod, run_uri: str) -> tuple[dict | None
     if run.rerun or not storage.exists(storage.join(run_uri, storage.MANIFEST), run.endpoint):
         return None, None
     prev = read_results(run_uri, run.endpoint)
-    if not _reusable(prev, run.cfg, run.data_hash):
+    if not results_fit(prev, run.data_hash, run.cfg.splits, run.cfg.limit, run.cfg.seed):
         return None, "made with other data/splits/limit/seed"
     path = storage.join(run_uri, PROTOCOL_FILE)
     recorded = storage.read_json(path, run.endpoint) if storage.exists(path, run.endpoint) else None

@@ -35,13 +35,12 @@ from cora_ray.checkpoint import read_checkpoint_manifest
 from cora_ray.config import ExperimentConfig, _check, load_config
 from cora_ray.data import protocol
 from cora_ray.errors import ConfigError, CoraError, StorageError
-from cora_ray.eval.compare import train_command_config
-from cora_ray.eval.evaluate import evaluate, parse_splits, read_results
+from cora_ray.eval.compare import check_rows, results_fit, train_command_config
+from cora_ray.eval.evaluate import evaluate, read_results
 from cora_ray.eval.report import paper_values
 from cora_ray.infer.source import ScorerSource
-
-PROGRESS_FILE = "progress.jsonl"  # the run's per-step log (cora_ray/train), one JSON object per line
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # present once Ray Train has started the run directory
+from cora_ray.train.progress import PROGRESS_FILE  # the run's per-step log, one JSON object per line
+from cora_ray.train.trainer import SNAPSHOT_FILE  # present once Ray Train has started the run directory
 
 
 @dataclass
@@ -73,12 +72,7 @@ class CurveConfig:
         _check(
             self.steps == sorted(set(self.steps)), f"steps must be increasing and distinct, got {self.steps}"
         )
-        try:
-            parse_splits(self.splits)
-        except ConfigError as exc:
-            raise ConfigError(f"splits: {exc}") from None
-        _check(self.report_split in self.splits, f"report_split {self.report_split!r} must be one of splits")
-        _check(self.limit is None or self.limit > 0, f"limit must be > 0, got {self.limit}")
+        check_rows(self.splits, self.report_split, self.limit)
 
 
 def load_curve_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> CurveConfig:
@@ -173,16 +167,6 @@ def train(cfg: CurveConfig, exp: ExperimentConfig, log=print) -> None:
     log(f"[train] done in {time.perf_counter() - t0:.0f} s")
 
 
-def _reusable(doc: dict, cfg: CurveConfig, checkpoint_hash: str, data_hash: str) -> bool:
-    return (
-        (doc.get("source") or {}).get("hash") == checkpoint_hash
-        and doc.get("data", {}).get("hash") == data_hash
-        and doc.get("limit") == cfg.limit
-        and doc.get("seed") == cfg.seed
-        and all(s in doc.get("splits", {}) for s in cfg.splits)
-    )
-
-
 def score(cfg: CurveConfig, log=print, progress: bool = True) -> dict[int, dict]:
     """Test metrics per scored step (steps without a checkpoint yet are left out, and said so)."""
     data_hash = protocol.read_manifest(cfg.data)["hash"]
@@ -197,7 +181,9 @@ def score(cfg: CurveConfig, log=print, progress: bool = True) -> dict[int, dict]
         checkpoint_hash = read_checkpoint_manifest(ckpt)["hash"]
         if storage.exists(storage.join(out, storage.MANIFEST), None):
             prev = read_results(out)
-            if _reusable(prev, cfg, checkpoint_hash, data_hash):
+            if (prev.get("source") or {}).get("hash") == checkpoint_hash and results_fit(
+                prev, data_hash, cfg.splits, cfg.limit, cfg.seed
+            ):
                 log(f"[step {step}] collected from {out}")
                 docs[step] = prev
                 continue
