@@ -61,15 +61,16 @@ TRAINABLE_DTYPE = torch.float32  # the trainable parts' dtype in every precision
 
 
 def deepspeed_config(train: TrainConfig, *, world_size: int, precision: Precision) -> dict[str, Any]:
-    """The DeepSpeed JSON config for a run (ZeRO stage, batch sizes, clipping).
+    """The DeepSpeed JSON config for a run (ZeRO stage: `TrainConfig.effective_zero_stage`, batch sizes, clipping).
 
     `precision` is accepted for the record but changes nothing here: DeepSpeed's bf16 / fp16 modes stay off
     whatever the frozen LLM's dtype (module docstring)."""
     del precision  # the frozen LLM is loaded in its dtype by the worker; DeepSpeed must not cast the module
-    zero: dict[str, Any] = {"stage": train.zero_stage}
-    if train.zero_stage >= 2:
+    stage = train.effective_zero_stage(world_size)
+    zero: dict[str, Any] = {"stage": stage}
+    if stage >= 2:
         zero.update(contiguous_gradients=True, overlap_comm=False, reduce_scatter=True)
-    if train.zero_stage == 3:
+    if stage == 3:
         # Small tensors (norms, the generator's biases) stay whole on every rank: fewer tiny all-gathers.
         zero.update(stage3_param_persistence_threshold=int(1e4), stage3_prefetch_bucket_size=int(5e7))
     return {

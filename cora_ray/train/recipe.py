@@ -158,6 +158,7 @@ class CoRATrainingRecipe:
         t_setup = time.perf_counter()
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.zero_stage = self.t.effective_zero_stage(self.world)  # 1 and 2 run as 0 on one worker
         self.device = ray.train.torch.get_device()
         self.precision = resolve_precision(self.cfg.llm.dtype, self.t.use_gpu)
         self._setup_model()
@@ -185,7 +186,7 @@ class CoRATrainingRecipe:
     def _restore_weights(self) -> None:
         """Trainable weights and counters from a checkpoint, if there is one (before DeepSpeed)."""
         self.restored = open_restore_point(self.spec, self.stack)
-        self.state = TrainState(world_size=self.world, zero_stage=self.t.zero_stage)
+        self.state = TrainState(world_size=self.world, zero_stage=self.zero_stage)
         if self.restored is None:
             if self.cfg.model.init_from:
                 self._init_from(self.cfg.model.init_from)
@@ -196,7 +197,7 @@ class CoRATrainingRecipe:
         prev = r.state
         # the counters carry over; this run's layout replaces the old one, and it has not stopped early
         self.state = dataclasses.replace(
-            prev, world_size=self.world, zero_stage=self.t.zero_stage, stopped_early=False
+            prev, world_size=self.world, zero_stage=self.zero_stage, stopped_early=False
         )
 
     def _init_from(self, uri: str) -> None:
@@ -224,7 +225,7 @@ class CoRATrainingRecipe:
         optimizer = build_optimizer(self.model, t, self.frozen)
         # what the optimizer updates (a faithful CoLLM also checkpoints its frozen stage-1 LoRA: not counted)
         self.trainable_numel = sum(p.numel() for p in self.model.trainable_parameters() if p.requires_grad)
-        if t.zero_stage == 3:
+        if self.zero_stage == 3:
             register_external_params(self.model)
         sched = dict(
             lr=t.lr,
@@ -241,12 +242,16 @@ class CoRATrainingRecipe:
             lr_scheduler=lambda opt: WarmupCosineSchedule(opt, **sched),
         )
         check_precision(self.model, self.llm_dtype, when="after deepspeed.initialize")
+        if self.world == 1 and self.zero_stage == 0:
+            # one rank: DeepSpeed's gradient all-reduce would flatten, "reduce" and copy back every gradient for
+            # nothing (~1.5% of a CPU step); it skips it itself when there is no process group
+            self.engine.enable_backward_allreduce = False
         self.optimizer_note = "fresh" if self.restored is None else self._restore_optimizer()
 
     def _restore_optimizer(self) -> str:
         """Adam moments from the checkpoint, all ranks or none (ranks with and without would drift apart)."""
-        r, t = self.restored, self.t
-        same_layout = r.state.world_size == self.world and r.state.zero_stage == t.zero_stage
+        r = self.restored
+        same_layout = r.state.world_size == self.world and r.state.zero_stage == self.zero_stage
         why = load_optimizer_state(r.directory, self.rank, self.ds_optimizer) if same_layout else "layout"
         if not any_rank(why is not None, self.device):  # every rank restored its partition
             return "restored"
@@ -254,7 +259,7 @@ class CoRATrainingRecipe:
         if not same_layout:
             return (
                 f"not restored (checkpoint: {r.state.world_size} workers, ZeRO-{r.state.zero_stage}; "
-                f"now {self.world}, ZeRO-{t.zero_stage}): Adam moments restart"
+                f"now {self.world}, ZeRO-{self.zero_stage}): Adam moments restart"
             )
         return f"not restored ({why or 'another rank could not'}): Adam moments restart"
 
@@ -283,7 +288,8 @@ class CoRATrainingRecipe:
             optimizer_state=self.optimizer_note,
             workers=hosts,
             world_size=self.world,
-            zero_stage=t.zero_stage,
+            zero_stage=self.zero_stage,
+            zero_stage_configured=t.zero_stage,
             precision=self.precision,
             llm_dtype=parameter_dtypes(self.model.lm, trainable=False),
             trainable_dtypes=parameter_dtypes(self.model, trainable=True),
@@ -298,8 +304,11 @@ class CoRATrainingRecipe:
                 if self.restored is None
                 else f"from step {self.state.step} ({restored_from}; optimizer {self.optimizer_note})"
             )
+            stage_note = (
+                "" if self.zero_stage == t.zero_stage else f" (train.zero_stage {t.zero_stage}: one worker)"
+            )
             say(
-                f"[train] {self.world} worker(s), ZeRO-{t.zero_stage}, frozen LLM {self.precision} + fp32 "
+                f"[train] {self.world} worker(s), ZeRO-{self.zero_stage}{stage_note}, frozen LLM {self.precision} + fp32 "
                 f"trainables on {self.device}, {self.samples_per_step} samples/step; starting {what}; "
                 f"setup {time.perf_counter() - t_setup:.1f} s"
             )

@@ -476,7 +476,8 @@ def format_summary(s: TrainingSummary, cfg: ExperimentConfig) -> str:
     lines = [
         "=" * 78,
         f" {cfg.name}: {cfg.model.method} on {cfg.data.uri}",
-        f" base LLM {cfg.llm.name_or_path} | {cfg.train.num_workers} worker(s), ZeRO-{cfg.train.zero_stage}, "
+        f" base LLM {cfg.llm.name_or_path} | {cfg.train.num_workers} worker(s), "
+        f"ZeRO-{cfg.train.effective_zero_stage(cfg.train.num_workers)}, "
         f"{'GPU' if cfg.train.use_gpu else 'CPU'}",
         "-" * 78,
         f" steps        {last.get('step', '-')} / {cfg.train.max_steps} ({stopped})",

@@ -31,6 +31,19 @@ def test_config_carries_stage_batch_and_clipping(stage):
     assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
 
 
+@pytest.mark.parametrize(
+    ("stage", "world", "runs"),
+    [(0, 1, 0), (1, 1, 0), (2, 1, 0), (3, 1, 3), (1, 2, 1), (2, 2, 2), (2, 8, 2), (3, 8, 3)],
+)
+def test_zero_1_and_2_run_as_stage_0_on_one_worker(stage, world, runs):
+    """ZeRO-1/2 partition optimizer state over ranks: one rank has nothing to partition, only their copies."""
+    t = TrainConfig(zero_stage=stage, micro_batch_size=4)
+    assert t.effective_zero_stage(world) == runs
+    ds = deepspeed_config(t, world_size=world, precision="fp32")
+    assert ds["zero_optimization"]["stage"] == runs
+    assert ("contiguous_gradients" in ds["zero_optimization"]) == (runs >= 2)
+
+
 def test_precision_is_fp32_on_cpu_and_bf16_on_gpu():
     assert resolve_precision("auto", use_gpu=False) == "fp32"
     assert resolve_precision("auto", use_gpu=True) == "bf16"

@@ -172,6 +172,8 @@ def test_a_run_continued_in_place_goes_on_from_its_latest_checkpoint(
     records = progress_records(second.run_uri)
     starts = [r for r in records if r["type"] == "start"]
     assert [s["step"] for s in starts] == [0, 6] and starts[1]["optimizer_state"] == "restored"
+    # one worker: ZeRO-2 has nothing to partition and runs as stage 0, whose Adam moments resume as well
+    assert all(s["zero_stage"] == 0 and s["zero_stage_configured"] == 2 for s in starts)
     steps = [r["step"] for r in records if r["type"] == "train"]
     assert steps == list(range(1, 10))  # nothing trained twice, nothing skipped
     assert sorted(checkpoints_by_step(second.run_uri)) == [3, 6, 9]
