@@ -84,6 +84,47 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+class ForeignCPU:
+    """CPU time used on this machine by processes outside this benchmark's own process tree, over a span.
+
+    The load average cannot say whether a run was disturbed: it counts the benchmark's own threads (a 2-thread
+    training step alone is a load of 2 on 2 cores) and lags by a minute. This counts what others used: the
+    machine's busy CPU seconds minus those of this process and its descendants (Ray's raylet and workers
+    included, with the children they already reaped).
+
+        foreign = ForeignCPU(); ...run...; foreign.cores()   # mean cores used by others since construction
+    """
+
+    def __init__(self) -> None:
+        self._t0, self._busy0, self._own0 = time.monotonic(), self._busy(), self._own()
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+
+        c = psutil.cpu_times()
+        return c.user + c.nice + c.system + getattr(c, "irq", 0.0) + getattr(c, "softirq", 0.0)
+
+    @staticmethod
+    def _own() -> float:
+        import psutil
+
+        me = psutil.Process()
+        total = 0.0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:  # exited meanwhile: its parent has its time as children_*
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+        return total
+
+    def cores(self) -> float:
+        """Mean number of cores others used since construction (never below 0)."""
+        seconds = max(time.monotonic() - self._t0, 1e-9)
+        return max(0.0, ((self._busy() - self._busy0) - (self._own() - self._own0)) / seconds)
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
