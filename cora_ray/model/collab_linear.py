@@ -103,9 +103,7 @@ class CollabLinear(nn.Module):
         self.context = context
         self.rank = rank
         self.scaling = alpha / rank
-        self.dropout = (
-            SparseMaskDropout(dropout) if dropout > 0 else nn.Identity()
-        )  # = nn.Dropout, cheaper on CPU
+        self.dropout = SparseMaskDropout(dropout)  # = nn.Dropout, cheaper on CPU; p = 0: the identity
         w = base_layer.weight
         self.P = nn.Parameter(
             torch.zeros(base_layer.out_features, rank, device=w.device, dtype=torch.float32)
@@ -135,7 +133,8 @@ class CollabLinear(nn.Module):
                 f"{tuple(x.shape)}; expected ({B}, {d}, {self.rank})"
             )
         y = self.base_layer(x)  # (B, ..., out): one dense matmul for the whole batch
-        x3 = self.dropout(x.reshape(B, -1, d))  # (B, T, d): a 2-D input is T = 1
+        # (B, T, d), a 2-D input is T = 1; dropout's 1/(1-p) is folded into the final addmm's alpha (rank r wide)
+        x3, keep_scale = self.dropout.zero_dropped(x.reshape(B, -1, d))
         G = delta.G.to(x.dtype)  # a no-op when the dtypes already agree
         if delta.suffix_mask is None:
             u = torch.bmm(x3, G)  # (B, T, r): each row through its own G
@@ -151,7 +150,7 @@ class CollabLinear(nn.Module):
             y.reshape(-1, self.out_features),
             u.reshape(-1, self.rank),
             self.P.to(x.dtype).t(),
-            alpha=self.scaling,
+            alpha=self.scaling * keep_scale,
         )
         return out.view_as(y)
 

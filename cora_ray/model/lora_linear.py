@@ -26,9 +26,7 @@ class LoRALinear(nn.Module):
         self.base_layer = base_layer
         self.rank = rank
         self.scaling = alpha / rank
-        self.dropout = (
-            SparseMaskDropout(dropout) if dropout > 0 else nn.Identity()
-        )  # = nn.Dropout, cheaper on CPU
+        self.dropout = SparseMaskDropout(dropout)  # = nn.Dropout, cheaper on CPU; p = 0: the identity
         device = base_layer.weight.device
         self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features, device=device))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, device=device))
@@ -40,8 +38,9 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)  # (..., out)
-        u = self.dropout(x) @ self.lora_A.to(x.dtype).t()  # (..., r)
-        return y + self.scaling * (u @ self.lora_B.to(x.dtype).t())  # (..., out)
+        x_kept, keep_scale = self.dropout.zero_dropped(x)  # dropout(x) = x_kept · keep_scale
+        u = x_kept @ self.lora_A.to(x.dtype).t()  # (..., r)
+        return y + (self.scaling * keep_scale) * (u @ self.lora_B.to(x.dtype).t())  # (..., out)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling:g}"

@@ -119,3 +119,27 @@ def test_inject_twice_is_refused(tiny):
     inject_collab_layers(lm, ["q_proj"], rank=4, alpha=8.0, dropout=0.0)
     with pytest.raises(ModelError, match="is a CollabLinear, not a plain torch.nn.Linear"):
         inject_collab_layers(lm, ["q_proj"], rank=4, alpha=8.0, dropout=0.0)
+
+
+def test_training_dropout_is_the_dropout_of_x_with_its_scale_folded_into_the_rank_r_path():
+    """CollabLinear zeroes the dropped inputs and applies 1/(1-p) on the rank-r side (no scaled copy of x): the
+    output and every gradient equal W x + s·P Gᵀ dropout(x) drawn with the same random numbers."""
+    layer, ctx = _layer(dropout=0.3)
+    with torch.no_grad():
+        layer.P.normal_()
+    layer.train()
+    x = torch.randn(4, 5, 8, requires_grad=True)
+    G = torch.randn(4, 8, 3, requires_grad=True)
+    torch.manual_seed(11)
+    with ctx.use(G):
+        y = layer(x)
+    torch.manual_seed(11)
+    x_drop = layer.dropout(x)  # the module's own forward: zeroed · 1/(1-p), the same draw
+    assert 0 < int((x_drop == 0).sum()) < x.numel()
+    ref = layer.base_layer(x) + layer.scaling * torch.bmm(x_drop, G) @ layer.P.t()
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn_like(y)
+    grads = torch.autograd.grad((y * w).sum(), [x, G, layer.P])
+    grads_ref = torch.autograd.grad((ref * w).sum(), [x, G, layer.P])
+    for g, r in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)

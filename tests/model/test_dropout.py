@@ -55,3 +55,18 @@ def test_dropout_is_identity_in_eval_and_at_p_zero():
     assert SparseMaskDropout(0.0).train()(x) is x
     with pytest.raises(ValueError, match="\\[0, 1\\)"):
         SparseMaskDropout(1.0)
+
+
+def test_zero_dropped_times_its_scale_is_the_forward():
+    d = SparseMaskDropout(0.2).train()
+    x = torch.randn(64, 33)
+    torch.manual_seed(3)
+    zeroed, scale = d.zero_dropped(x)
+    torch.manual_seed(3)
+    assert scale == pytest.approx(1 / 0.8) and torch.equal(zeroed * scale, d(x))
+    kept = zeroed != 0
+    assert torch.equal(zeroed[kept], x[kept]) and 0 < int((~kept).sum()) < x.numel()
+    d.eval()
+    same, one = d.zero_dropped(x)
+    assert same is x and one == 1.0  # eval: nothing dropped, nothing copied
+    assert SparseMaskDropout(0.0).train().zero_dropped(x)[1] == 1.0
