@@ -84,13 +84,19 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+# Every process this benchmark starts — Ray's GCS, raylet and the workers the raylet forks included, which are
+# not all its descendants (Ray detaches some) — inherits this variable: ForeignCPU tells them apart by it.
+BENCH_TREE_ENV = "CORA_BENCH_TREE"
+os.environ.setdefault(BENCH_TREE_ENV, str(os.getpid()))
+
+
 class ForeignCPU:
-    """CPU time used on this machine by processes outside this benchmark's own process tree, over a span.
+    """CPU time used on this machine by processes that are not this benchmark's, over a span.
 
     The load average cannot say whether a run was disturbed: it counts the benchmark's own threads (a 2-thread
     training step alone is a load of 2 on 2 cores) and lags by a minute. This counts what others used: the
-    machine's busy CPU seconds minus those of this process and its descendants (Ray's raylet and workers
-    included, with the children they already reaped).
+    machine's busy CPU seconds minus those of the processes carrying this benchmark's `BENCH_TREE_ENV` value
+    (this process, and Ray's processes and workers started from it), with the children they already reaped.
 
         foreign = ForeignCPU(); ...run...; foreign.cores()   # mean cores used by others since construction
     """
@@ -109,13 +115,15 @@ class ForeignCPU:
     def _own() -> float:
         import psutil
 
-        me = psutil.Process()
+        tree = os.environ[BENCH_TREE_ENV]
         total = 0.0
-        for proc in [me, *me.children(recursive=True)]:
+        for proc in psutil.process_iter():
             try:
+                if proc.pid != os.getpid() and proc.environ().get(BENCH_TREE_ENV) != tree:
+                    continue
                 t = proc.cpu_times()
-            except psutil.NoSuchProcess:  # exited meanwhile: its parent has its time as children_*
-                continue
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue  # gone meanwhile (its parent has its time as children_*) or not ours to read
             total += t.user + t.system + t.children_user + t.children_system
         return total
 
