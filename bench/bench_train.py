@@ -213,16 +213,18 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
             "Goal: ratio >= 0.9 (issue 16 item 7). Higher is better. Both on the same shared 2-core machine, "
             "one after the other. Foreign CPU: mean cores used by processes outside this benchmark's own "
             f"tree during each half (bench/common.py ForeignCPU): model-only {foreign_cores[0]:.2f}, Ray run "
-            f"{foreign_cores[1]:.2f}; a half with more than {FOREIGN_CPU_LIMIT} is not judged."
+            f"{foreign_cores[1]:.2f}. Only the model-only half is judged by it (more than {FOREIGN_CPU_LIMIT} "
+            "cores: not judged): Ray Train's worker processes do not all carry the benchmark's marker yet, so "
+            "during the Ray run the run's own training shows up as foreign."
         ),
     )
     record["goal"] = "ratio >= 0.9"
     record["goal_met"] = record["ratio"] >= 0.9
-    if max(foreign_cores) > FOREIGN_CPU_LIMIT:  # other jobs took CPU from one half: the ratio says nothing
+    if foreign_cores[0] > FOREIGN_CPU_LIMIT:  # other jobs took CPU from the baseline: the ratio says nothing
         record["valid"], record["goal_met"] = False, False  # not judged: never reported as met
         record["goal"] = "ratio >= 0.9 (not judged: invalid measurement)"
         record["notes"] += (
-            f" NOT A VALID MEASUREMENT: other processes used {max(foreign_cores):.2f} cores during a half "
+            f" NOT A VALID MEASUREMENT: other processes used {foreign_cores[0]:.2f} cores during the model-only half "
             f"(model-only step times {min(model_only['step_s'])}-{max(model_only['step_s'])} s); "
             "re-run on a quiet machine."
         )

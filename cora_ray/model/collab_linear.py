@@ -133,17 +133,15 @@ class CollabLinear(nn.Module):
                 f"{tuple(x.shape)}; expected ({B}, {d}, {self.rank})"
             )
         y = self.base_layer(x)  # (B, ..., out): one dense matmul for the whole batch
-        # dropout(x) @ G, computed without a dropout copy of x (SparseMaskDropout.project); its 1/(1-p) is folded
-        # into the final addmm's alpha. x3: (B, T, d), a 2-D input is T = 1
-        x3 = x.reshape(B, -1, d)
+        # (B, T, d), a 2-D input is T = 1; dropout's 1/(1-p) is folded into the final addmm's alpha (rank r wide)
+        x3, keep_scale = self.dropout.zero_dropped(x.reshape(B, -1, d))
         G = delta.G.to(x.dtype)  # a no-op when the dtypes already agree
         if delta.suffix_mask is None:
-            u, keep_scale = self.dropout.project(x3, G)  # (B, T, r): each row through its own G
+            u = torch.bmm(x3, G)  # (B, T, r): each row through its own G
         elif delta.prefix_G is None:  # suffix scope: nothing before the target title
-            u, keep_scale = self.dropout.project(x3, G)
-            u = u * delta.suffix_mask.reshape(B, -1, 1).to(x.dtype)
+            u = torch.bmm(x3, G) * delta.suffix_mask.reshape(B, -1, 1).to(x.dtype)
         else:  # user_prefix: one bmm through [G | G_u], then each position keeps its half
-            both, keep_scale = self.dropout.project(x3, torch.cat([G, delta.prefix_G.to(x.dtype)], dim=-1))
+            both = torch.bmm(x3, torch.cat([G, delta.prefix_G.to(x.dtype)], dim=-1))  # (B, T, 2r)
             u = torch.where(
                 delta.suffix_mask.reshape(B, -1, 1), both[..., : self.rank], both[..., self.rank :]
             )

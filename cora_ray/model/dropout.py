@@ -43,50 +43,6 @@ def bernoulli_positions(numel: int, p: float, device: torch.device | str | None 
     return torch.cat(chunks)
 
 
-class _DroppedBmm(torch.autograd.Function):
-    """u = bmm(x ⊙ m, G) for the 0/1 mask m whose zeros are `dropped` (flat indices into x), without a copy of x.
-
-    x (B, T, d), G (B, d, r) → u (B, T, r). Forward: the dense bmm(x, G), then each dropped element's
-    contribution x[b,t,j]·G[b,j,:] taken back out (K ≈ p·B·T·d rows of r). Backward, the same way: the dense
-    products minus the dropped elements' terms, added in place into the fresh gradient tensors. Only x — the
-    tensor the frozen projection already keeps for its own backward — and the K indices are saved; a dropout
-    copy of x per projection (120 of them per step on SmolLM2, ~3.5 MB each at batch 8 × 190 tokens) is not."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, G: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        u = torch.bmm(x, G)
-        row, g_row, x_val = _dropped_terms(x, G, dropped)
-        r = G.shape[-1]
-        u.view(-1, r).index_add_(0, row, G.reshape(-1, r)[g_row] * x_val.neg().unsqueeze(1))
-        ctx.save_for_backward(x, G, dropped)
-        return u
-
-    @staticmethod
-    def backward(ctx, grad_u: torch.Tensor):  # noqa: D102
-        x, G, dropped = ctx.saved_tensors
-        row, g_row, x_val = _dropped_terms(x, G, dropped)
-        r = G.shape[-1]
-        grad_rows = grad_u.reshape(-1, r)[row]  # (K, r): ∂u of each dropped element's (b, t) row
-        grad_x = grad_G = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(grad_u, G.transpose(1, 2))  # (B, T, d), fresh and contiguous
-            grad_x.view(-1).index_add_(0, dropped, (grad_rows * G.reshape(-1, r)[g_row]).sum(1).neg())
-        if ctx.needs_input_grad[1]:
-            grad_G = torch.bmm(x.transpose(1, 2), grad_u)  # (B, d, r)
-            grad_G.view(-1, r).index_add_(0, g_row, grad_rows * x_val.neg().unsqueeze(1))
-        return grad_x, grad_G, None
-
-
-def _dropped_terms(
-    x: torch.Tensor, G: torch.Tensor, dropped: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For flat indices into x (B, T, d): the (b·T + t) row of u, the (b·d + j) row of G, and x's values."""
-    _, T, d = x.shape
-    row = dropped // d
-    g_row = (dropped // (T * d)) * d + dropped % d
-    return row, g_row, x.reshape(-1)[dropped]
-
-
 class SparseMaskDropout(nn.Module):
     """Drop-in `nn.Dropout(p)` that samples only the dropped positions (see the module docstring)."""
 
@@ -99,18 +55,6 @@ class SparseMaskDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         zeroed, scale = self.zero_dropped(x)
         return zeroed if scale == 1.0 else zeroed * scale
-
-    def project(self, x: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """(bmm(x ⊙ mask, G), scale) with dropout(x) @ G = result · scale, for x (B, T, d) and G (B, d, r).
-
-        On CPU in training the dropped elements are taken out of the product (`_DroppedBmm`): no copy of x is
-        made or kept. The draw is the one `forward` / `zero_dropped` would make from the same RNG state."""
-        if not self.training or self.p == 0.0:
-            return torch.bmm(x, G), 1.0
-        if x.is_cuda:
-            return torch.bmm(F.dropout(x, self.p, training=True), G), 1.0
-        dropped = bernoulli_positions(x.numel(), self.p, x.device)
-        return _DroppedBmm.apply(x, G, dropped), 1.0 / (1.0 - self.p)
 
     def zero_dropped(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(x with the dropped elements zeroed, the scale still owed to the kept ones): dropout(x) = zeroed ·

@@ -70,32 +70,3 @@ def test_zero_dropped_times_its_scale_is_the_forward():
     same, one = d.zero_dropped(x)
     assert same is x and one == 1.0  # eval: nothing dropped, nothing copied
     assert SparseMaskDropout(0.0).train().zero_dropped(x)[1] == 1.0
-
-
-def test_project_is_the_bmm_of_the_dropped_input_without_copying_it():
-    """project(x, G) = bmm(dropout(x), G) / scale on the same draw, with the gradients of that bmm; the
-    hand-written backward passes gradcheck (float64)."""
-    from cora_ray.model.dropout import _DroppedBmm
-
-    d = SparseMaskDropout(0.25).train()
-    x = torch.randn(3, 7, 10, requires_grad=True)
-    G = torch.randn(3, 10, 6, requires_grad=True)
-    torch.manual_seed(5)
-    u, scale = d.project(x, G)
-    torch.manual_seed(5)
-    zeroed, scale_ref = d.zero_dropped(x)
-    ref = torch.bmm(zeroed, G)
-    assert scale == scale_ref and int((zeroed == 0).sum()) > 0
-    torch.testing.assert_close(u, ref, atol=1e-5, rtol=1e-5)
-    w = torch.randn_like(u)
-    for g, r in zip(
-        torch.autograd.grad((u * w).sum(), [x, G]), torch.autograd.grad((ref * w).sum(), [x, G]), strict=True
-    ):
-        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
-    dropped = bernoulli_positions(3 * 7 * 10, 0.3)
-    x64 = torch.randn(3, 7, 10, dtype=torch.float64, requires_grad=True)
-    G64 = torch.randn(3, 10, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_DroppedBmm.apply, (x64, G64, dropped))
-    d.eval()  # eval: the plain product, scale 1
-    u_eval, one = d.project(x, G)
-    assert one == 1.0 and torch.equal(u_eval, torch.bmm(x, G))
