@@ -167,6 +167,15 @@ def cora_train_step(model: RecModel, opt: torch.optim.Optimizer, batch: dict) ->
     opt.step()
 
 
+def cora_train_step_without_dropout(model: CoRAModel, opt: torch.optim.Optimizer, batch: dict) -> None:
+    """The same step with the collaborative layers' dropout switched off (its share of the step)."""
+    for layer in model.collab_layers.values():
+        layer.dropout.eval()
+    cora_train_step(model, opt, batch)
+    for layer in model.collab_layers.values():
+        layer.dropout.train()
+
+
 def full_vocab_score(model: ZeroShotModel, batch: dict) -> torch.Tensor:
     """What docs/architecture.md §5.2 forbids: the LM head over every position and the whole vocabulary."""
     mask = batch["attention_mask"]
@@ -296,18 +305,11 @@ def train_step_bench(args: argparse.Namespace) -> int:
         G = cora.compute_G(batch["user_id"], batch["item_id"])
         (G * grad_G).sum().backward()
 
-    def no_dropout_step() -> None:
-        for layer in cora.collab_layers.values():
-            layer.dropout.eval()
-        cora_train_step(cora, opt, batch)
-        for layer in cora.collab_layers.values():
-            layer.dropout.train()
-
     grad_G = torch.randn(args.batch, cora.d_model, cora.cfg.rank)
     variants = {
         "frozen_fwd_bwd": lambda: frozen_train_step(frozen, batch),
         "cora_step": lambda: cora_train_step(cora, opt, batch),
-        "cora_step_no_dropout": no_dropout_step,
+        "cora_step_no_dropout": lambda: cora_train_step_without_dropout(cora, opt, batch),
         "naive_step": under(NaiveMergeLinear),
         "cora_step_foreach_adamw": lambda: cora_train_step(cora, opt_foreach, batch),
         "generator_fwd_bwd": generator_fwd_bwd,
@@ -515,20 +517,13 @@ def main(argv: list[str]) -> int:
         with naive_merge(cora):
             cora_train_step(cora, opt, batch)
 
-    def no_dropout_train_step() -> None:
-        for layer in cora.collab_layers.values():
-            layer.dropout.eval()
-        cora_train_step(cora, opt, batch)
-        for layer in cora.collab_layers.values():
-            layer.dropout.train()
-
     loads = [round(load_average(), 2)]
     wall, cpu = interleaved_wall_and_cpu_times(
         {
             "frozen_fwd_bwd": lambda: frozen_train_step(frozen, batch),
             "cora_step": lambda: cora_train_step(cora, opt, batch),
             "cora_fwd_bwd": lambda: cora.loss(batch).backward(),
-            "cora_step_no_dropout": no_dropout_train_step,
+            "cora_step_no_dropout": lambda: cora_train_step_without_dropout(cora, opt, batch),
             "naive_step": naive_train_step,
         },
         reps=args.reps,
