@@ -583,6 +583,91 @@ def admission_markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# --chunking: rows per forward chunk on the replica's own code path (ScoringEngine), one thread, no Serve
+# ---------------------------------------------------------------------------------------------------------
+
+CHUNKINGS = (8, 10, 20)  # max_rows_per_forward for a 20-row batch: 8 + 8 + 4, 10 + 10, one forward of 20
+
+
+def run_chunking(checkpoint: str, rounds: int) -> int:
+    """Rows/s of `ScoringEngine.score_jobs` (what a replica runs per @serve.batch call) on 20-row batches of four
+    5-item requests, for each max_rows_per_forward in CHUNKINGS, rounds interleaved in this process on one
+    thread; writes bench/results/serve_chunking.{json,md} (value: chunks of 10, baseline: chunks of 8)."""
+    import torch
+    import yaml
+
+    from cora_ray import storage
+    from cora_ray.infer.scorer import Scorer
+    from cora_ray.infer.service import Catalog, RequestLimits, ScorerOptions, ScoringEngine
+    from serve.app import resolve_data_uri
+
+    torch.set_num_threads(SCORER_THREADS)
+    checkpoint = str(Path(checkpoint).absolute())
+    data_uri = str(Path(resolve_data_uri(checkpoint, None)).absolute())
+    app = yaml.safe_load((REPO / "serve.local.config").read_text())["applications"][0]
+    user_config = {d["name"]: d for d in app["deployments"]}["CoRAScorer"]["user_config"]
+    batch_rows = int(user_config["max_batch_rows"])
+    catalog = Catalog.from_dataset(data_uri)
+    known = sorted(u for u in catalog.user_ids if catalog.histories.get(catalog.user_ids[u]))
+    items = [r for r, i in catalog.item_ids.items() if catalog.title(i)]
+    rng = random.Random(7)  # the --admission benchmark's requests
+    per_batch = batch_rows // ITEMS_PER_REQUEST
+    jobs = [
+        catalog.resolve(rng.choice(known), rng.sample(items, ITEMS_PER_REQUEST), None, RequestLimits())
+        for _ in range(3 * per_batch)
+    ]
+    rows = len(jobs) * ITEMS_PER_REQUEST
+    manifest = storage.read_json(storage.join(checkpoint, storage.MANIFEST))
+    scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
+    engines = {
+        c: ScoringEngine(
+            scorer,
+            ScorerOptions.from_user_config(
+                {**user_config, "checkpoint_uri": checkpoint, "max_rows_per_forward": c}
+            ),
+        )
+        for c in CHUNKINGS
+    }
+    engines[CHUNKINGS[0]].score_jobs(jobs[:per_batch])  # warm up
+    samples: dict[str, list[float]] = {f"chunk_{c}": [] for c in CHUNKINGS}
+    for r in range(rounds):
+        for c in CHUNKINGS if r % 2 == 0 else reversed(CHUNKINGS):
+            t0 = time.perf_counter()
+            for s in range(0, len(jobs), per_batch):
+                engines[c].score_jobs(jobs[s : s + per_batch])
+            samples[f"chunk_{c}"].append(rows / (time.perf_counter() - t0))
+            print(f"chunk {c}: {samples[f'chunk_{c}'][-1]:.3f} rows/s", flush=True)
+    mean = {k: sum(v) / len(v) for k, v in samples.items()}
+    table = "\n".join(
+        f"| {c} | {mean[f'chunk_{c}']:.3f} | {mean[f'chunk_{c}'] / mean['chunk_8']:.3f} |" for c in CHUNKINGS
+    )
+    write_result(
+        "serve_chunking",
+        value=mean["chunk_10"],
+        baseline=mean["chunk_8"],
+        unit="rows/s",
+        config={
+            "checkpoint": {"base_llm": manifest["base_llm"]["identity"], "step": manifest.get("step")},
+            "batch_rows": batch_rows,
+            "rows": rows,
+            "rounds": rounds,
+            "threads": SCORER_THREADS,
+            "mean_rows_per_s": mean,
+        },
+        title="Rows per forward chunk on the replica's code path: 20-row batches, one thread (higher is better)",
+        value_label="max_rows_per_forward 10 (10 + 10)",
+        baseline_label="max_rows_per_forward 8 (8 + 8 + 4)",
+        notes=(
+            f"ScoringEngine.score_jobs on {rows} rows: {len(jobs)} requests of {ITEMS_PER_REQUEST} items, "
+            f"{per_batch} per batch (serve.local.config's max_batch_rows {batch_rows}), {rounds} interleaved rounds.\n\n"
+            "| max_rows_per_forward | rows/s | / chunks of 8 |\n|---|---|---|\n" + table
+        ),
+        samples=samples,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per point")
@@ -591,7 +676,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admission", action="store_true", help="the admission-in-rows measurement only")
     parser.add_argument("--checkpoint", help="--admission: the checkpoint to serve (a real SmolLM2 one)")
     parser.add_argument("--offline-rows", type=int, default=64, help="--admission: rows per offline timing")
+    parser.add_argument(
+        "--chunking", action="store_true", help="rows per forward chunk, offline (needs --checkpoint)"
+    )
     args = parser.parse_args(argv)
+    if args.chunking:
+        if not args.checkpoint:
+            parser.error("--chunking needs --checkpoint")
+        return run_chunking(args.checkpoint, rounds=args.rounds)
     if args.admission:
         if not args.checkpoint:
             parser.error("--admission needs --checkpoint")
