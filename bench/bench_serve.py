@@ -376,14 +376,10 @@ def summarize_admission(all_records: list[dict[str, Any]], seconds: float, reque
     }
 
 
-def run_admission(checkpoint: str, seconds: float, offline_rows: int) -> int:
-    """The --admission measurement (module docstring); writes bench/results/serve_admission.{json,md}."""
+def _local_scorer_config(checkpoint: str) -> tuple[str, str, dict, dict, dict]:
+    """(absolute checkpoint, its dataset, serve.local.config, its application, its CoRAScorer deployment)."""
     import yaml
 
-    from bench.common import machine
-    from cora_ray import storage
-    from cora_ray.infer.service import Catalog, RequestLimits
-    from cora_ray.ray_local import init_local_cluster, shutdown_local_cluster
     from serve.app import resolve_data_uri
 
     checkpoint = str(Path(checkpoint).absolute())
@@ -391,6 +387,43 @@ def run_admission(checkpoint: str, seconds: float, offline_rows: int) -> int:
     config = yaml.safe_load((REPO / "serve.local.config").read_text())
     app = config["applications"][0]
     scorer_d = {d["name"]: d for d in app["deployments"]}["CoRAScorer"]
+    return checkpoint, data_uri, config, app, scorer_d
+
+
+def _request_pool(catalog: Any) -> tuple[list[str], list[str]]:
+    """Who and what the benchmark's requests ask for: known users with a stored history, items with a title."""
+    known = sorted(u for u in catalog.user_ids if catalog.histories.get(catalog.user_ids[u]))
+    items = [r for r, i in catalog.item_ids.items() if catalog.title(i)]
+    return known, items
+
+
+def _seeded_jobs(catalog: Any, known: list[str], items: list[str], n: int) -> list[Any]:
+    """`n` resolved requests of ITEMS_PER_REQUEST items, seeded: --admission's offline timing and --chunking
+    score the same first requests."""
+    from cora_ray.infer.service import RequestLimits
+
+    rng = random.Random(7)
+    return [
+        catalog.resolve(rng.choice(known), rng.sample(items, ITEMS_PER_REQUEST), None, RequestLimits())
+        for _ in range(n)
+    ]
+
+
+def _checkpoint_identity(checkpoint: str) -> dict[str, Any]:
+    """The base LLM and step of a checkpoint, from its manifest (what a result records of it)."""
+    from cora_ray import storage
+
+    manifest = storage.read_json(storage.join(checkpoint, storage.MANIFEST))
+    return {"base_llm": manifest["base_llm"]["identity"], "step": manifest.get("step")}
+
+
+def run_admission(checkpoint: str, seconds: float, offline_rows: int) -> int:
+    """The --admission measurement (module docstring); writes bench/results/serve_admission.{json,md}."""
+    from bench.common import machine
+    from cora_ray.infer.service import Catalog
+    from cora_ray.ray_local import init_local_cluster, shutdown_local_cluster
+
+    checkpoint, data_uri, config, app, scorer_d = _local_scorer_config(checkpoint)
     assert scorer_d["ray_actor_options"]["num_cpus"] == SCORER_THREADS, "serve.local.config changed: update"
     port = harness.free_port()
     base = f"http://127.0.0.1:{port}"
@@ -402,13 +435,8 @@ def run_admission(checkpoint: str, seconds: float, offline_rows: int) -> int:
     limits = app["args"]["limits"]
 
     catalog = Catalog.from_dataset(data_uri)
-    known = sorted(u for u in catalog.user_ids if catalog.histories.get(catalog.user_ids[u]))
-    items = [r for r, i in catalog.item_ids.items() if catalog.title(i)]
-    rng = random.Random(7)
-    offline_jobs = [
-        catalog.resolve(rng.choice(known), rng.sample(items, ITEMS_PER_REQUEST), None, RequestLimits())
-        for _ in range(offline_rows // ITEMS_PER_REQUEST + 2)
-    ]
+    known, items = _request_pool(catalog)
+    offline_jobs = _seeded_jobs(catalog, known, items, offline_rows // ITEMS_PER_REQUEST + 2)
 
     def make_request(r: random.Random):
         return "/v1/score", {"user_id": r.choice(known), "item_ids": r.sample(items, ITEMS_PER_REQUEST)}, 5
@@ -484,10 +512,9 @@ def run_admission(checkpoint: str, seconds: float, offline_rows: int) -> int:
             "refusal_within_1s": r["every_refusal_within_1s"],
             "rate_at_least_0.9_offline": r["ratio_to_offline_per_actor"] >= 0.9,
         }
-    manifest = storage.read_json(storage.join(checkpoint, storage.MANIFEST))
     record = {
         "name": "serve_admission",
-        "checkpoint": {"base_llm": manifest["base_llm"]["identity"], "step": manifest.get("step")},
+        "checkpoint": _checkpoint_identity(checkpoint),
         "serve_config": {
             "file": "serve.local.config",
             "user_config": {k: v for k, v in uc.items() if k != "checkpoint_uri"},
@@ -595,30 +622,18 @@ def run_chunking(checkpoint: str, rounds: int) -> int:
     5-item requests, for each max_rows_per_forward in CHUNKINGS, rounds interleaved in this process on one
     thread; writes bench/results/serve_chunking.{json,md} (value: chunks of 10, baseline: chunks of 8)."""
     import torch
-    import yaml
 
-    from cora_ray import storage
     from cora_ray.infer.scorer import Scorer
-    from cora_ray.infer.service import Catalog, RequestLimits, ScorerOptions, ScoringEngine
-    from serve.app import resolve_data_uri
+    from cora_ray.infer.service import Catalog, ScorerOptions, ScoringEngine
 
     torch.set_num_threads(SCORER_THREADS)
-    checkpoint = str(Path(checkpoint).absolute())
-    data_uri = str(Path(resolve_data_uri(checkpoint, None)).absolute())
-    app = yaml.safe_load((REPO / "serve.local.config").read_text())["applications"][0]
-    user_config = {d["name"]: d for d in app["deployments"]}["CoRAScorer"]["user_config"]
+    checkpoint, data_uri, _, _, scorer_d = _local_scorer_config(checkpoint)
+    user_config = scorer_d["user_config"]
     batch_rows = int(user_config["max_batch_rows"])
     catalog = Catalog.from_dataset(data_uri)
-    known = sorted(u for u in catalog.user_ids if catalog.histories.get(catalog.user_ids[u]))
-    items = [r for r, i in catalog.item_ids.items() if catalog.title(i)]
-    rng = random.Random(7)  # the --admission benchmark's requests
     per_batch = batch_rows // ITEMS_PER_REQUEST
-    jobs = [
-        catalog.resolve(rng.choice(known), rng.sample(items, ITEMS_PER_REQUEST), None, RequestLimits())
-        for _ in range(3 * per_batch)
-    ]
+    jobs = _seeded_jobs(catalog, *_request_pool(catalog), 3 * per_batch)  # --admission's first requests
     rows = len(jobs) * ITEMS_PER_REQUEST
-    manifest = storage.read_json(storage.join(checkpoint, storage.MANIFEST))
     scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
     engines = {
         c: ScoringEngine(
@@ -648,7 +663,7 @@ def run_chunking(checkpoint: str, rounds: int) -> int:
         baseline=mean["chunk_8"],
         unit="rows/s",
         config={
-            "checkpoint": {"base_llm": manifest["base_llm"]["identity"], "step": manifest.get("step")},
+            "checkpoint": _checkpoint_identity(checkpoint),
             "batch_rows": batch_rows,
             "rows": rows,
             "rounds": rounds,
