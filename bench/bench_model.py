@@ -50,12 +50,13 @@ from common import (
 from torch import nn
 
 from cora_ray.cf.base import CFBackbone
-from cora_ray.config import LLMConfig, ModelConfig
+from cora_ray.config import LLMConfig, ModelConfig, TrainConfig
 from cora_ray.llm.loaded import LoadedLLM
 from cora_ray.model.base import RecModel, last_hidden_state, position_ids_from_mask
 from cora_ray.model.baselines import ZeroShotModel
 from cora_ray.model.collab_linear import CollabLinear
 from cora_ray.model.cora import CoRAModel
+from cora_ray.train.deepspeed_config import build_optimizer
 
 CF_DIM = 256  # the paper's CF width: 2 x 256 = 512 = the generator width, as in the paper
 MEMORY_CASES = ("train_frozen", "train_cora", "train_naive", "infer_yes_row", "infer_full_vocab")
@@ -152,6 +153,14 @@ def build_cora(llm: LoadedLLM, seed: int = 0) -> CoRAModel:
         for layer in model.collab_layers.values():
             layer.P.normal_(std=0.02)  # a trained-looking P, so that the delta is not zero
     return model
+
+
+def training_optimizer(model: RecModel) -> torch.optim.Optimizer:
+    """The optimizer training builds (cora_ray/train/deepspeed_config.py build_optimizer: torch's fused CPU AdamW,
+    training's parameter groups, betas and weight decay) over the model's trainable parameters. The frozen set is
+    what the model froze itself; lr is the run's warm-up start (the update's cost does not depend on it)."""
+    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+    return build_optimizer(model, TrainConfig(), frozen)
 
 
 def frozen_train_step(model: ZeroShotModel, batch: dict) -> None:
@@ -289,10 +298,13 @@ def train_step_bench(args: argparse.Namespace) -> int:
     frozen = ZeroShotModel(load(args.quick)).train()
     cora = build_cora(load(args.quick)).train()
     batch = make_batch(frozen.loaded_llm, args.batch, args.tokens)
-    # the optimizer training uses (cora_ray/train/deepspeed_config.py build_optimizer): torch's fused CPU AdamW
-    opt = torch.optim.AdamW(cora.trainable_parameters(), lr=1e-3, weight_decay=1e-3, fused=True)
-    # the same update with torch's default foreach AdamW (a chain of ops over all parameters)
-    opt_foreach = torch.optim.AdamW(cora.trainable_parameters(), lr=1e-3, weight_decay=1e-3)
+    opt = training_optimizer(cora)
+    # the same update (same groups, lr, betas, weight decay) with torch's default foreach AdamW (a chain of ops)
+    opt_foreach = torch.optim.AdamW(
+        [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups],
+        lr=opt.defaults["lr"],
+        betas=opt.defaults["betas"],
+    )
 
     def under(cls: type[CollabLinear]):
         def run() -> None:
@@ -509,9 +521,7 @@ def main(argv: list[str]) -> int:
     # --- training: CoRA step vs the frozen floor vs naive merge -----------------------------------------
     cora.train()
     frozen.train()
-    opt = torch.optim.AdamW(
-        cora.trainable_parameters(), lr=1e-3, weight_decay=1e-3, fused=True
-    )  # as training
+    opt = training_optimizer(cora)
 
     def naive_train_step() -> None:
         with naive_merge(cora):

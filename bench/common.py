@@ -14,6 +14,7 @@ import re
 import shlex
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,13 +97,27 @@ class ForeignCPU:
     The load average cannot say whether a run was disturbed: it counts the benchmark's own threads (a 2-thread
     training step alone is a load of 2 on 2 cores) and lags by a minute. This counts what others used: the
     machine's busy CPU seconds minus those of the processes carrying this benchmark's `BENCH_TREE_ENV` value
-    (this process, and Ray's processes and workers started from it), with the children they already reaped.
+    (this process, and Ray's processes and workers started from it).
+
+    Processes of the benchmark that end within the span (Ray Train's workers, the raylet at `ray.shutdown()`)
+    take their CPU time with them, and their reaper may be gone too; so a daemon thread samples every
+    benchmark process's CPU seconds each `interval_s`, and a process that ends counts with its last sample (up to
+    `interval_s` of its CPU missed, counted as foreign: the figure errs towards "disturbed"). Reaped children's
+    times (`children_*`) are not added: a process sampled alive and later reaped would count twice.
 
         foreign = ForeignCPU(); ...run...; foreign.cores()   # mean cores used by others since construction
     """
 
-    def __init__(self) -> None:
-        self._t0, self._busy0, self._own0 = time.monotonic(), self._busy(), self._own()
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self._interval_s = interval_s
+        self._t0, self._wall0, self._busy0 = time.monotonic(), time.time(), self._busy()
+        self._first: dict[tuple[int, float], float] = {}  # (pid, create time) -> CPU s at the span's start
+        self._last: dict[tuple[int, float], float] = {}  # the same -> CPU s at its latest sample
+        self._lock = threading.Lock()
+        self._sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_until_stopped, name="foreign-cpu", daemon=True)
+        self._thread.start()
 
     @staticmethod
     def _busy() -> float:
@@ -111,26 +126,42 @@ class ForeignCPU:
         c = psutil.cpu_times()
         return c.user + c.nice + c.system + getattr(c, "irq", 0.0) + getattr(c, "softirq", 0.0)
 
-    @staticmethod
-    def _own() -> float:
+    def _sample(self) -> None:
         import psutil
 
         tree = os.environ[BENCH_TREE_ENV]
-        total = 0.0
+        seen: dict[tuple[int, float], float] = {}
         for proc in psutil.process_iter():
             try:
                 if proc.pid != os.getpid() and proc.environ().get(BENCH_TREE_ENV) != tree:
                     continue
                 t = proc.cpu_times()
+                key = (proc.pid, proc.create_time())
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue  # gone meanwhile (its parent has its time as children_*) or not ours to read
-            total += t.user + t.system + t.children_user + t.children_system
-        return total
+                continue  # gone meanwhile (its last sample stands) or not ours to read
+            seen[key] = t.user + t.system
+        with self._lock:
+            for key, cpu in seen.items():
+                # a process born within the span used 0 s at its start
+                self._first.setdefault(key, cpu if key[1] < self._wall0 else 0.0)
+                self._last[key] = cpu
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._sample()
+
+    def own_seconds(self) -> float:
+        """CPU seconds the benchmark's own processes used since construction (as sampled so far, plus now)."""
+        self._sample()
+        with self._lock:
+            return sum(self._last[k] - self._first[k] for k in self._last)
 
     def cores(self) -> float:
-        """Mean number of cores others used since construction (never below 0)."""
+        """Mean number of cores others used since construction (never below 0); stops the sampler."""
+        own = self.own_seconds()
         seconds = max(time.monotonic() - self._t0, 1e-9)
-        return max(0.0, ((self._busy() - self._busy0) - (self._own() - self._own0)) / seconds)
+        self._stop.set()
+        return max(0.0, ((self._busy() - self._busy0) - own) / seconds)
 
 
 def median(xs: list[float]) -> float:

@@ -1,0 +1,47 @@
+"""bench/common.py ForeignCPU: CPU seconds of the benchmark's own processes that end within the span — Ray Train's
+workers, reaped by a raylet that is itself gone by then — count as the benchmark's, not as foreign."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5:\n    pass\n"
+# the child starts the burner in its own session and exits at once: the burner is nobody's child of ours
+LAUNCH = (
+    "import subprocess, sys\n"
+    f"p = subprocess.Popen([sys.executable, '-c', {BURN!r}], start_new_session=True)\n"
+    "print(p.pid)\n"
+)
+
+
+def _bench_common():
+    spec = importlib.util.spec_from_file_location("bench_common_under_test", REPO / "bench" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    had_marker = "CORA_BENCH_TREE" in os.environ
+    spec.loader.exec_module(module)  # sets the marker for this process (and what it starts)
+    return module, had_marker
+
+
+def test_an_ended_detached_process_of_the_benchmark_is_its_own_cpu():
+    common, had_marker = _bench_common()
+    try:
+        foreign = common.ForeignCPU(interval_s=0.1)
+        out = subprocess.run([sys.executable, "-c", LAUNCH], check=True, capture_output=True, text=True)
+        burner = psutil.Process(int(out.stdout.strip()))
+        gone, alive = psutil.wait_procs([burner], timeout=60)
+        assert not alive, "the CPU burner did not end within 60 s"
+        own = foreign.own_seconds()
+        foreign.cores()
+        # the burner used 1.5 s of CPU; sampling every 0.1 s misses at most its last 0.1 s
+        assert own >= 1.2, f"own CPU {own:.2f} s: the ended burner's 1.5 s were not counted"
+    finally:
+        if not had_marker:
+            os.environ.pop("CORA_BENCH_TREE", None)
