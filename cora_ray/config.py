@@ -284,6 +284,10 @@ class GeneratorConfig:
     num_heads: int = 8
     ffn_size: int = 3072
     dropout: float = 0.1
+    # LayerNorm on the memory token c = [e_u ; e_i] before the blocks (as BLIP-2 normalises the image features
+    # its Q-Former reads): makes G's dependence on the row independent of the CF backbone's vector scale. Off =
+    # the paper's generator; on for backbones whose vectors barely move G at initialisation (docs/method.md §2.2)
+    memory_norm: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_queries", "num_layers", "hidden_size", "num_heads", "ffn_size"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from cora_ray.config import GeneratorConfig
@@ -47,3 +49,28 @@ def test_generator_queries_and_blocks_receive_gradients():
     assert gen.queries.grad is not None and gen.queries.grad.abs().sum() > 0
     assert gen.blocks[0].ffn[0].weight.grad.abs().sum() > 0
     assert gen.blocks[0].cross_attn.value.weight.grad.abs().sum() > 0
+
+
+def test_generator_memory_norm_is_off_by_default_and_leaves_the_paper_generator_unchanged():
+    torch.manual_seed(0)
+    plain = CollaborativeWeightGenerator(cf_dim=16, d_model=24, rank=4, cfg=GEN).eval()
+    torch.manual_seed(0)
+    normed = CollaborativeWeightGenerator(
+        cf_dim=16, d_model=24, rank=4, cfg=dataclasses.replace(GEN, memory_norm=True)
+    ).eval()
+    assert isinstance(plain.memory_norm, torch.nn.Identity)
+    # the same initialisation otherwise (a LayerNorm draws no random numbers): checkpoints without it load as before
+    assert set(normed.state_dict()) - set(plain.state_dict()) == {"memory_norm.weight", "memory_norm.bias"}
+    for name, tensor in plain.state_dict().items():
+        torch.testing.assert_close(normed.state_dict()[name], tensor)
+
+
+def test_generator_memory_norm_makes_G_independent_of_the_cf_vectors_scale_and_offset():
+    cfg = dataclasses.replace(GEN, memory_norm=True)
+    gen = CollaborativeWeightGenerator(cf_dim=16, d_model=24, rank=4, cfg=cfg).eval()
+    e_u, e_i = torch.randn(5, 16), torch.randn(5, 16)
+    # a backbone whose vectors are 10x larger and share a common offset per row gives the same deltas
+    scaled = gen(10 * e_u + 3.0, 10 * e_i + 3.0)
+    torch.testing.assert_close(scaled, gen(e_u, e_i), atol=1e-5, rtol=1e-4)
+    plain = CollaborativeWeightGenerator(cf_dim=16, d_model=24, rank=4, cfg=GEN).eval()
+    assert not torch.allclose(plain(10 * e_u + 3.0, 10 * e_i + 3.0), plain(e_u, e_i), atol=1e-3)
