@@ -284,9 +284,10 @@ class GeneratorConfig:
     num_heads: int = 8
     ffn_size: int = 3072
     dropout: float = 0.1
-    # LayerNorm on the memory token c = [e_u ; e_i] before the blocks (as BLIP-2 normalises the image features
-    # its Q-Former reads): makes G's dependence on the row independent of the CF backbone's vector scale. Off =
-    # the paper's generator; on for backbones whose vectors barely move G at initialisation (docs/method.md §2.2)
+    # A LayerNorm on e_u and one on e_i before they form the memory token (as BLIP-2 normalises the image
+    # features its Q-Former reads): G's dependence on the row no longer hangs on the CF backbone's vector scale.
+    # Off = the paper's generator; for backbones whose vectors barely move G at initialisation (docs/method.md
+    # §2.2, `python jobs/generator_input.py`)
     memory_norm: bool = False
 
     def __post_init__(self) -> None:

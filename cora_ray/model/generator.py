@@ -77,8 +77,11 @@ class CollaborativeWeightGenerator(nn.Module):
         super().__init__()
         d = cfg.hidden_size
         self.d_model, self.rank = d_model, rank
-        # memory_norm: c standardised per row (learned scale and shift) before it reaches the blocks
-        self.memory_norm = nn.LayerNorm(2 * cf_dim) if cfg.memory_norm else nn.Identity()
+        # memory_norm: e_u and e_i each standardised per row (own learned scale and shift) before they form c;
+        # apart, so that a backbone whose user vectors share a large common part (SASRec's) cannot drown the
+        # item half's variation in one joint normalisation
+        self.norm_user = nn.LayerNorm(cf_dim) if cfg.memory_norm else nn.Identity()
+        self.norm_item = nn.LayerNorm(cf_dim) if cfg.memory_norm else nn.Identity()
         # the paper has 2·D = d (256 + 256 = 512); otherwise a linear map brings c to the blocks' width
         self.memory_proj = nn.Linear(2 * cf_dim, d) if 2 * cf_dim != d else nn.Identity()
         self.queries = nn.Parameter(torch.empty(cfg.num_queries, d))
@@ -104,7 +107,7 @@ class CollaborativeWeightGenerator(nn.Module):
     def forward(self, e_u: torch.Tensor, e_i: torch.Tensor) -> torch.Tensor:
         B = e_u.shape[0]
         dtype = self.queries.dtype
-        c = self.memory_norm(torch.cat([e_u, e_i], dim=-1).to(dtype))  # (B, 2D)
+        c = torch.cat([self.norm_user(e_u.to(dtype)), self.norm_item(e_i.to(dtype))], dim=-1)  # (B, 2D)
         memory = self.memory_proj(c).unsqueeze(1)  # (B, 1, d)
         q = self.dropout(self.ln_queries(self.queries).expand(B, -1, -1))  # (B, k, d)
         for block in self.blocks:

@@ -58,9 +58,14 @@ def test_generator_memory_norm_is_off_by_default_and_leaves_the_paper_generator_
     normed = CollaborativeWeightGenerator(
         cf_dim=16, d_model=24, rank=4, cfg=dataclasses.replace(GEN, memory_norm=True)
     ).eval()
-    assert isinstance(plain.memory_norm, torch.nn.Identity)
+    assert isinstance(plain.norm_user, torch.nn.Identity) and isinstance(plain.norm_item, torch.nn.Identity)
     # the same initialisation otherwise (a LayerNorm draws no random numbers): checkpoints without it load as before
-    assert set(normed.state_dict()) - set(plain.state_dict()) == {"memory_norm.weight", "memory_norm.bias"}
+    assert set(normed.state_dict()) - set(plain.state_dict()) == {
+        "norm_user.weight",
+        "norm_user.bias",
+        "norm_item.weight",
+        "norm_item.bias",
+    }
     for name, tensor in plain.state_dict().items():
         torch.testing.assert_close(normed.state_dict()[name], tensor)
 
@@ -69,8 +74,8 @@ def test_generator_memory_norm_makes_G_independent_of_the_cf_vectors_scale_and_o
     cfg = dataclasses.replace(GEN, memory_norm=True)
     gen = CollaborativeWeightGenerator(cf_dim=16, d_model=24, rank=4, cfg=cfg).eval()
     e_u, e_i = torch.randn(5, 16), torch.randn(5, 16)
-    # a backbone whose vectors are 10x larger and share a common offset per row gives the same deltas
-    scaled = gen(10 * e_u + 3.0, 10 * e_i + 3.0)
+    # a backbone whose vectors are 10x larger and offset (user and item differently) gives the same deltas
+    scaled = gen(10 * e_u + 3.0, 0.1 * e_i - 2.0)
     torch.testing.assert_close(scaled, gen(e_u, e_i), atol=1e-5, rtol=1e-4)
     plain = CollaborativeWeightGenerator(cf_dim=16, d_model=24, rank=4, cfg=GEN).eval()
-    assert not torch.allclose(plain(10 * e_u + 3.0, 10 * e_i + 3.0), plain(e_u, e_i), atol=1e-3)
+    assert not torch.allclose(plain(10 * e_u + 3.0, 0.1 * e_i - 2.0), plain(e_u, e_i), atol=1e-3)
