@@ -422,6 +422,9 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
         "CoRA-MF (user_prefix; target_last)",
         "CoRA-LightGCN",
         "CoRA-SASRec",
+        "CoRA-MF (memory_norm)",
+        "CoRA-LightGCN (memory_norm)",
+        "CoRA-SASRec (memory_norm)",
     }
     for m in seeded.values():
         assert m.seeds == [42, 43, 44]
@@ -444,6 +447,16 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
     assert (
         tl.model == base.model and dataclasses.replace(tl.train, run_name=base.train.run_name) == base.train
     )
+    # each memory_norm row differs from its backbone's row in the generator's memory_norm alone
+    for row in ("CoRA-MF", "CoRA-LightGCN", "CoRA-SASRec"):
+        plain, normed = (
+            train_command_config(seeded[n].for_seed(42).produce[0]) for n in (row, f"{row} (memory_norm)")
+        )
+        assert normed.model.generator.memory_norm and not plain.model.generator.memory_norm
+        assert normed.model == dataclasses.replace(
+            plain.model, generator=dataclasses.replace(plain.model.generator, memory_norm=True)
+        )
+        assert dataclasses.replace(normed.train, run_name=plain.train.run_name) == plain.train
     # faithful CoLLM's stage 2 starts from the TALLRec run of the same seed
     for s in seeded["CoLLM-MF (faithful)"].seeds:
         model = train_command_config(seeded["CoLLM-MF (faithful)"].for_seed(s).produce[0]).model
@@ -464,6 +477,8 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
         ["CoRA-MF", "SASRec"],
         ["CoRA-MF", "MF"],
         ["CoRA-SASRec", "SASRec"],
+        ["CoRA-SASRec (memory_norm)", "SASRec"],
+        ["CoRA-MF (memory_norm)", "CoRA-MF"],
         ["CoRA-MF (user_prefix)", "CoRA-MF"],
         ["CoRA-MF (suffix)", "CoRA-MF"],
         ["CoRA-MF (user_prefix; target_last)", "CoRA-MF (user_prefix)"],
