@@ -9,24 +9,32 @@ depends on how much the backbone's vectors move across rows relative to their co
 - `user_varying_share`, `item_varying_share`: the share of the vectors' energy (sum of squares) in their
   deviation from the mean vector over the sampled rows (1 = centred, 0 = every row the same vector);
 - `g_varying_share`: the same for G (each G has unit norm, so this is 1 − ‖mean G‖²);
-- `g_pair_cosine`: the mean cosine between the G of two different rows (1 = a shared LoRA).
+- `g_pair_cosine`: the mean cosine between the G of two different rows (1 = a shared LoRA;
+  `cora_ray/eval/cf_signal.py` `g_similarity`).
 
-    doc = generator_input_signal(cf, rows, generator)       # rows: sample_train_rows(...)
+    rows = sample_train_rows("artifacts/ml-1m", 2048, seed=42)
+    doc = generator_input_signal(cf, rows, generator)
+    records = fresh_generator_signals(["artifacts/cf/sasrec"], rows, d_model=576, seed=42)   # jobs/generator_input.py
 
 No labels are read: the rows are a seeded sample of the train split. No Ray.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from cora_ray.cf import load_cf_artifact, read_cf_manifest
 from cora_ray.cf.base import CFBackbone
+from cora_ray.config import ModelConfig
 from cora_ray.data import protocol
 from cora_ray.data.batching import pad_histories
+from cora_ray.errors import ModelError
+from cora_ray.eval.cf_signal import g_similarity
 from cora_ray.model.generator import CollaborativeWeightGenerator
 
 
@@ -63,17 +71,6 @@ def varying_share(x: torch.Tensor) -> float:
     return float((x - x.mean(0)).pow(2).sum()) / total if total > 0 else 0.0
 
 
-def mean_pair_cosine(x: torch.Tensor, seed: int = 0) -> float:
-    """Mean cosine similarity between each row and another row (a seeded derangement)."""
-    x = x.flatten(1).double()
-    n = x.shape[0]
-    if n < 2:
-        raise ValueError("mean_pair_cosine needs at least 2 rows")
-    shift = int(np.random.default_rng(seed).integers(1, n))
-    other = torch.roll(torch.arange(n), shift)
-    return float(torch.nn.functional.cosine_similarity(x, x[other]).mean())
-
-
 @torch.no_grad()
 def generator_input_signal(
     cf: CFBackbone, rows: SampledRows, generator: CollaborativeWeightGenerator
@@ -95,5 +92,77 @@ def generator_input_signal(
         "user_norm": float(e_u.norm(dim=-1).mean()),
         "item_norm": float(e_i.norm(dim=-1).mean()),
         "g_varying_share": varying_share(G),
-        "g_pair_cosine": mean_pair_cosine(G),
+        "g_pair_cosine": g_similarity(G)["mean"],
     }
+
+
+def fresh_generator_signals(cf_uris: list[str], rows: SampledRows, d_model: int, seed: int) -> list[dict]:
+    """One record per (CF artifact, memory_norm off / on) for a generator as training initialises it."""
+    model_cfg = ModelConfig()
+    out = []
+    for uri in cf_uris:
+        cf = load_cf_artifact(uri)
+        manifest = read_cf_manifest(uri)
+        for memory_norm in (False, True):
+            torch.manual_seed(seed)
+            gen_cfg = dataclasses.replace(model_cfg.generator, memory_norm=memory_norm)
+            gen = CollaborativeWeightGenerator(cf.dim, d_model, model_cfg.rank, gen_cfg)
+            out.append(
+                {
+                    "source": uri,
+                    "backbone": manifest.get("backbone"),
+                    "cf_hash": manifest["hash"],
+                    "generator": "fresh",
+                    "memory_norm": memory_norm,
+                    **generator_input_signal(cf, rows, gen),
+                }
+            )
+    return out
+
+
+def trained_generator_signals(checkpoints: list[str], rows: SampledRows) -> list[dict]:
+    """One record per checkpoint: its trained generator fed by its own CF artifact."""
+    from cora_ray.infer.scorer import Scorer  # loads the base LLM: only for checkpoints
+
+    out = []
+    for uri in checkpoints:
+        scorer = Scorer.from_checkpoint(uri)
+        generator = getattr(scorer.model, "generator", None)
+        if generator is None:
+            raise ModelError(f"checkpoint {uri} ({scorer.method}) has no collaborative weight generator")
+        described = scorer.describe()
+        cf_artifact = described["cf_artifact"] or {}
+        out.append(
+            {
+                "source": uri,
+                "backbone": cf_artifact.get("backbone"),
+                "cf_hash": cf_artifact.get("hash"),
+                "generator": f"trained (step {described['step']})",
+                "memory_norm": bool(scorer.config.model.generator.memory_norm),
+                **generator_input_signal(scorer.model.cf, rows, generator),
+            }
+        )
+    return out
+
+
+def generator_input_markdown(doc: dict) -> str:
+    """The report of jobs/generator_input.py's document: one table row per record."""
+    lines = [
+        "# How much G varies from row to row (jobs/generator_input.py)",
+        "",
+        f"Rows: {doc['rows']} of the `{doc['split']}` split of `{doc['data']}` (seed {doc['seed']}). Varying share: "
+        "the share of the vectors' energy in their deviation from the mean over these rows (0 = the same for every "
+        "row); G pair cosine: mean cosine between two rows' G (1 = one shared LoRA).",
+        "",
+        "| source | generator | memory_norm | CF dim | user varying share | item varying share | G varying share "
+        "| G pair cosine |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["results"]:
+        lines.append(
+            f"| `{r['source']}` | {r['generator']} | {r['memory_norm']} | {r['cf_dim']} | "
+            f"{r['user_varying_share']:.3f} | {r['item_varying_share']:.3f} | {r['g_varying_share']:.4f} | "
+            f"{r['g_pair_cosine']:.4f} |"
+        )
+    lines += ["", f"Command: `{doc['command']}`", ""]
+    return "\n".join(lines)

@@ -9,7 +9,8 @@ from torch import nn
 
 from cora_ray.cf.base import CFBackbone
 from cora_ray.config import GeneratorConfig
-from cora_ray.eval.generator_input import SampledRows, generator_input_signal, mean_pair_cosine, varying_share
+from cora_ray.eval.cf_signal import g_similarity
+from cora_ray.eval.generator_input import SampledRows, generator_input_signal, varying_share
 from cora_ray.model.generator import CollaborativeWeightGenerator
 
 GEN = GeneratorConfig(num_queries=2, num_layers=2, hidden_size=128, num_heads=4, ffn_size=256, dropout=0.1)
@@ -44,11 +45,11 @@ def _rows(n: int = 64) -> SampledRows:
 
 def test_varying_share_and_pair_cosine_read_identical_and_centred_rows():
     same = torch.ones(10, 4)
-    assert varying_share(same) == 0.0 and abs(mean_pair_cosine(same) - 1.0) < 1e-12
+    assert varying_share(same) == 0.0 and abs(g_similarity(same)["mean"] - 1.0) < 1e-6
     centred = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
     centred = centred - centred.mean(0)
     assert abs(varying_share(centred) - 1.0) < 1e-9
-    assert abs(mean_pair_cosine(centred)) < 0.1
+    assert abs(g_similarity(centred)["mean"]) < 0.1
 
 
 def test_memory_norm_lets_the_item_half_move_G_beside_offset_user_vectors():
