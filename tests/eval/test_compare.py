@@ -476,6 +476,8 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
         ["CoRA-MF", "CoLLM-MF"],
         ["CoRA-MF", "SASRec"],
         ["CoRA-MF", "MF"],
+        ["CoRA-LightGCN", "LightGCN"],
+        ["CoRA-MF", "CoRA-LightGCN"],
         ["CoRA-SASRec", "SASRec"],
         ["CoRA-SASRec (memory_norm)", "SASRec"],
         ["CoRA-MF (memory_norm)", "CoRA-MF"],
