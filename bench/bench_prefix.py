@@ -3,6 +3,7 @@
     python bench/bench_prefix.py                    # bundled SmolLM2-135M, real ML-1M prompts (demo config)
     python bench/bench_prefix.py --candidates 40 --reps 2   # shorter
     python bench/bench_prefix.py --only recommend --template target_last   # the title-last prompt (config.py)
+    python bench/bench_prefix.py --only recommend --max-history 10        # the paper's 10 liked titles
 
 Needs artifacts/ml-1m and artifacts/cf/mf (README quick start). The trained parts are random (speed does not
 depend on their values); the demo config's prompt (chat template, last 5 liked titles). Writes
@@ -61,13 +62,13 @@ def scorer_for(cfg: ExperimentConfig, scope: str, titles: list[str], cf, seed: i
     return Scorer.from_model(model.eval(), llm, cfg, titles, cf=cf, batch_size=16)
 
 
-def user_rows(data: str, n_users: int, seed: int = 0) -> list[tuple[int, list[int]]]:
-    """(user, history) of test users with at least 5 liked titles in their history."""
+def user_rows(data: str, n_users: int, seed: int = 0, min_history: int = 5) -> list[tuple[int, list[int]]]:
+    """(user, history) of test users with at least `min_history` liked titles in their history."""
     t = protocol.read_split(data, "test", columns=["user_id", "history"])
     users, hists = t["user_id"].to_numpy(), t["history"].to_pylist()
     seen: dict[int, list[int]] = {}
     for u, h in zip(users, hists, strict=True):
-        if len(h or []) >= 5 and int(u) not in seen:
+        if len(h or []) >= min_history and int(u) not in seen:
             seen[int(u)] = list(h)
     picked = np.random.default_rng(seed).choice(sorted(seen), size=n_users, replace=False)
     return [(int(u), seen[int(u)]) for u in picked]
@@ -79,7 +80,9 @@ def candidates(titles: list[str], history: list[int], k: int, seed: int) -> np.n
 
 
 def bench_recommend(args, shared: Scorer, full: Scorer, titles, data) -> dict:
-    user, hist = user_rows(data, 1, seed=1)[0]
+    # a user whose history fills the prompt's max_history titles (the demo's 5, or the paper's 10 with
+    # --max-history 10): the prefix is as long as the config makes it
+    user, hist = user_rows(data, 1, seed=1, min_history=max(5, args.max_history or 5))[0]
     items = candidates(titles, hist, args.candidates, seed=2)
     users, hists = np.full(len(items), user), [hist] * len(items)
     a = shared.score(users, items, hists)
@@ -105,7 +108,9 @@ def bench_recommend(args, shared: Scorer, full: Scorer, titles, data) -> dict:
         f"max |shared-masked| {max_diff:.2e}"
     )
     return write_result(
-        f"prefix_recommend_{args.candidates}" + (f"_{args.template}" if args.template else ""),
+        f"prefix_recommend_{args.candidates}"
+        + (f"_{args.template}" if args.template else "")
+        + (f"_h{args.max_history}" if args.max_history else ""),
         value=median(times["full_all_scope"]),
         baseline=median(times["shared"]),
         unit="s",
@@ -116,6 +121,7 @@ def bench_recommend(args, shared: Scorer, full: Scorer, titles, data) -> dict:
             "batch_size": 16,
             "reps": args.reps,
             "template": args.template or "config",
+            "max_history": args.max_history or "config",
             "tokens_per_row": {
                 "full": round(full_tokens, 1),
                 "prefix": round(prefix_tokens, 1),
@@ -359,9 +365,18 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="prompt.template override (a NAMED_TEMPLATES name); tags the result name",
     )
+    ap.add_argument(
+        "--max-history",
+        type=int,
+        default=None,
+        help="prompt.max_history override (the paper's prompt: 10 liked titles; demo: 5); tags the result name",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     overrides = [f"prompt.template={args.template}"] if args.template else []
+    if args.max_history:
+        # and room for all of them (the paper configs' 512): no title is dropped to fit
+        overrides += [f"prompt.max_history={args.max_history}", "prompt.max_prompt_tokens=512"]
     cfg = load_config(ExperimentConfig, args.config, overrides)
     data = cfg.data.uri
     titles = protocol.titles_by_id(protocol.read_items(data))
