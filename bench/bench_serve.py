@@ -24,6 +24,12 @@ timeouts (HTTP 408/504 or the client's own timeout), every 200's latency against
 503/429's latency against 1 s, and accepted rows/s per scorer CPU against the offline Scorer's rows/s on one
 CPU (a Ray task with the replica's CPU and thread count, same kind of rows, measured before and after the
 load). Results: serve_admission.json + .md, with the machine's load average.
+
+    python bench/bench_serve.py --bucket-scope --checkpoint <the same checkpoint>
+
+how much of that comparison is length bucketing: the offline reference's rows scored in one call (sorted by
+length across all of them, then chunks of max_rows_per_forward), in 20-row groups (a replica's batch), and
+through the replica's own ScoringEngine per batch, one thread, rounds interleaved → serve_bucket_scope.
 """
 
 from __future__ import annotations
@@ -683,6 +689,87 @@ def run_chunking(checkpoint: str, rounds: int) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------
+# --bucket-scope: the offline reference's length bucketing against a replica's batch, one thread, no Serve
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run_bucket_scope(checkpoint: str, rounds: int) -> int:
+    """Rows/s of the same rows scored (a) in one `Scorer.score` call — --admission's offline reference, which
+    orders all its rows by length before cutting chunks — (b) one call per replica batch (max_batch_rows rows),
+    (c) `ScoringEngine.score_jobs` per batch (the replica's code path); chunks of max_rows_per_forward, one
+    thread, rounds interleaved; writes bench/results/serve_bucket_scope.{json,md} (value (b), baseline (a))."""
+    import torch
+
+    from cora_ray.infer.scorer import Scorer
+    from cora_ray.infer.service import Catalog, ScorerOptions, ScoringEngine
+
+    torch.set_num_threads(SCORER_THREADS)
+    checkpoint, data_uri, _, _, scorer_d = _local_scorer_config(checkpoint)
+    user_config = scorer_d["user_config"]
+    batch_rows, chunk = int(user_config["max_batch_rows"]), int(user_config["max_rows_per_forward"])
+    catalog = Catalog.from_dataset(data_uri)
+    per_batch = batch_rows // ITEMS_PER_REQUEST
+    jobs = _seeded_jobs(catalog, *_request_pool(catalog), 3 * per_batch)  # --admission's first requests
+    users = [j.user_id or 0 for j in jobs for _ in j.item_ids]
+    items = [i for j in jobs for i in j.item_ids]
+    hists = [j.history for j in jobs for _ in j.item_ids]
+    rows = len(items)
+    scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
+    engine = ScoringEngine(
+        scorer, ScorerOptions.from_user_config({**user_config, "checkpoint_uri": checkpoint})
+    )
+
+    def one_call() -> None:
+        scorer.score(users, items, hists, batch_size=chunk)
+
+    def per_replica_batch() -> None:
+        for s in range(0, rows, batch_rows):
+            e = s + batch_rows
+            scorer.score(users[s:e], items[s:e], hists[s:e], batch_size=chunk)
+
+    def replica_engine() -> None:
+        for s in range(0, len(jobs), per_batch):
+            engine.score_jobs(jobs[s : s + per_batch])
+
+    fns = {"one_call": one_call, "per_batch": per_replica_batch, "engine_per_batch": replica_engine}
+    one_call()  # warm up
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for k in fns if r % 2 == 0 else reversed(list(fns)):
+            t0 = time.perf_counter()
+            fns[k]()
+            samples[k].append(rows / (time.perf_counter() - t0))
+            print(f"{k}: {samples[k][-1]:.3f} rows/s", flush=True)
+    mean = {k: sum(v) / len(v) for k, v in samples.items()}
+    write_result(
+        "serve_bucket_scope",
+        value=mean["per_batch"],
+        baseline=mean["one_call"],
+        unit="rows/s",
+        config={
+            "checkpoint": _checkpoint_identity(checkpoint),
+            "batch_rows": batch_rows,
+            "rows_per_forward": chunk,
+            "rows": rows,
+            "rounds": rounds,
+            "threads": SCORER_THREADS,
+            "mean_rows_per_s": mean,
+        },
+        title="Length bucketing: the offline reference (one call) vs a replica's batches, one thread (higher is better)",
+        value_label=f"one Scorer.score call per {batch_rows}-row batch",
+        baseline_label=f"one Scorer.score call over all {rows} rows",
+        notes=(
+            f"The same {rows} rows ({len(jobs)} requests of {ITEMS_PER_REQUEST} items, --admission's first), chunks "
+            f"of {chunk}. The replica's own path (ScoringEngine.score_jobs per {batch_rows}-row batch): "
+            f"{mean['engine_per_batch']:.3f} rows/s, {mean['engine_per_batch'] / mean['one_call']:.3f} of one call, "
+            f"{mean['engine_per_batch'] / mean['per_batch']:.3f} of per-batch Scorer calls."
+        ),
+        samples=samples,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per point")
@@ -694,7 +781,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunking", action="store_true", help="rows per forward chunk, offline (needs --checkpoint)"
     )
+    parser.add_argument(
+        "--bucket-scope",
+        action="store_true",
+        help="length bucketing over all rows vs per replica batch, offline (needs --checkpoint)",
+    )
     args = parser.parse_args(argv)
+    if args.bucket_scope:
+        if not args.checkpoint:
+            parser.error("--bucket-scope needs --checkpoint")
+        return run_bucket_scope(args.checkpoint, rounds=args.rounds)
     if args.chunking:
         if not args.checkpoint:
             parser.error("--chunking needs --checkpoint")
