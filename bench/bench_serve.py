@@ -29,7 +29,7 @@ load). Results: serve_admission.json + .md, with the machine's load average.
 
 how much of that comparison is length bucketing: the offline reference's rows scored in one call (sorted by
 length across all of them, then chunks of max_rows_per_forward), in 20-row groups (a replica's batch), and
-through the replica's own ScoringEngine per batch, one thread, rounds interleaved → serve_bucket_scope.
+through the replica's own ScoringEngine per batch, one thread, rounds round-robin (bench/common.py) → serve_bucket_scope.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.common import RESULTS, median, summary_table, write_result  # noqa: E402
+from bench.common import RESULTS, interleaved_times, median, summary_table, write_result  # noqa: E402
 from tests.serve import harness  # noqa: E402
 from tests.serve.artifacts import build_tiny_setup  # noqa: E402
 
@@ -215,7 +215,6 @@ def cache_components(setup_root: Path, rows: int, reps: int) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from bench.common import interleaved_times
     from cora_ray.infer.scorer import Scorer
     from cora_ray.infer.service import Catalog
 
@@ -269,6 +268,14 @@ SCORER_THREADS = 1  # serve.local.config's CoRAScorer num_cpus (checked below); 
 CLIENT_NICENESS = 15
 
 
+def _job_rows(jobs: list[Any]) -> tuple[list[int], list[int], list[list[int]]]:
+    """Resolved requests as (user, item, history) rows, one per item, in request order (as a replica scores)."""
+    users = [j.user_id or 0 for j in jobs for _ in j.item_ids]
+    items = [i for j in jobs for i in j.item_ids]
+    hists = [j.history for j in jobs for _ in j.item_ids]
+    return users, items, hists
+
+
 def _offline_rows_per_s(checkpoint: str, data_uri: str, jobs: list[Any], rows: int, chunk: int) -> dict:
     """The offline Scorer on one CPU (a Ray task like an evaluation actor): rows/s over `rows` rows."""
     import ray
@@ -281,12 +288,7 @@ def _offline_rows_per_s(checkpoint: str, data_uri: str, jobs: list[Any], rows: i
 
         torch.set_num_threads(SCORER_THREADS)
         scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
-        users, items, hists = [], [], []
-        for j in jobs:
-            for i in j.item_ids:
-                users.append(j.user_id or 0)
-                items.append(i)
-                hists.append(j.history)
+        users, items, hists = _job_rows(jobs)
         scorer.score(users[:chunk], items[:chunk], hists[:chunk], batch_size=chunk)  # warm up
         t0 = time.perf_counter()
         scorer.score(users[:rows], items[:rows], hists[:rows], batch_size=chunk)
@@ -698,7 +700,7 @@ def run_bucket_scope(checkpoint: str, rounds: int) -> int:
     """Rows/s of the same rows scored (a) in one `Scorer.score` call — --admission's offline reference, which
     orders all its rows by length before cutting chunks — (b) one call per replica batch (max_batch_rows rows),
     (c) `ScoringEngine.score_jobs` per batch (the replica's code path); chunks of max_rows_per_forward, one
-    thread, rounds interleaved; writes bench/results/serve_bucket_scope.{json,md} (value (b), baseline (a))."""
+    thread, rounds round-robin; writes bench/results/serve_bucket_scope.{json,md} (value (b), baseline (a))."""
     import torch
 
     from cora_ray.infer.scorer import Scorer
@@ -711,9 +713,7 @@ def run_bucket_scope(checkpoint: str, rounds: int) -> int:
     catalog = Catalog.from_dataset(data_uri)
     per_batch = batch_rows // ITEMS_PER_REQUEST
     jobs = _seeded_jobs(catalog, *_request_pool(catalog), 3 * per_batch)  # --admission's first requests
-    users = [j.user_id or 0 for j in jobs for _ in j.item_ids]
-    items = [i for j in jobs for i in j.item_ids]
-    hists = [j.history for j in jobs for _ in j.item_ids]
+    users, items, hists = _job_rows(jobs)
     rows = len(items)
     scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
     engine = ScoringEngine(
@@ -734,14 +734,10 @@ def run_bucket_scope(checkpoint: str, rounds: int) -> int:
 
     fns = {"one_call": one_call, "per_batch": per_replica_batch, "engine_per_batch": replica_engine}
     one_call()  # warm up
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(rounds):
-        for k in fns if r % 2 == 0 else reversed(list(fns)):
-            t0 = time.perf_counter()
-            fns[k]()
-            samples[k].append(rows / (time.perf_counter() - t0))
-            print(f"{k}: {samples[k][-1]:.3f} rows/s", flush=True)
+    times = interleaved_times(fns, reps=rounds, warmup=0)
+    samples = {k: [rows / t for t in v] for k, v in times.items()}  # rows/s per round
     mean = {k: sum(v) / len(v) for k, v in samples.items()}
+    print(" ".join(f"{k} {v:.3f} rows/s;" for k, v in mean.items()), flush=True)
     write_result(
         "serve_bucket_scope",
         value=mean["per_batch"],
