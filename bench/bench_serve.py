@@ -51,7 +51,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.common import RESULTS, interleaved_times, median, summary_table, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    RESULTS,
+    interleaved_times,
+    median,
+    portable,
+    summary_table,
+    write_result,
+)
 from tests.serve import harness  # noqa: E402
 from tests.serve.artifacts import build_tiny_setup  # noqa: E402
 
@@ -546,7 +553,7 @@ def run_admission(checkpoint: str, seconds: float, offline_rows: int) -> int:
         ("serve_admission.md", admission_markdown(record)),
     ):
         tmp = RESULTS / f".{name}.tmp"
-        tmp.write_text(text)
+        tmp.write_text(portable(text))
         tmp.replace(RESULTS / name)
     print(admission_markdown(record))
     return 0

@@ -42,7 +42,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
-from common import RESULTS, ForeignCPU, markdown, write_result  # noqa: E402
+from common import RESULTS, ForeignCPU, markdown, portable, write_result  # noqa: E402
 
 FOREIGN_CPU_LIMIT = 0.25  # cores other processes may use during a half of --e2e before it is not judged
 
@@ -232,8 +232,8 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
             f"{' and '.join(disturbed)} half (foreign cores {foreign_cores}; model-only step times "
             f"{min(model_only['step_s'])}-{max(model_only['step_s'])} s); re-run on a quiet machine."
         )
-    (RESULTS / "train_e2e.json").write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS / "train_e2e.md").write_text(markdown(record))
+    (RESULTS / "train_e2e.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
+    (RESULTS / "train_e2e.md").write_text(portable(markdown(record)))
     return record
 
 
@@ -343,8 +343,8 @@ def main(argv: list[str]) -> int:
         )
         record["goal"] = "ratio >= 20"
         record["goal_met"] = record["ratio"] >= 20
-        (RESULTS / "train_pipeline.json").write_text(json.dumps(record, indent=2) + "\n")
-        (RESULTS / "train_pipeline.md").write_text(markdown(record))
+        (RESULTS / "train_pipeline.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
+        (RESULTS / "train_pipeline.md").write_text(portable(markdown(record)))
     return 0
 
 

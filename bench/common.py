@@ -14,6 +14,7 @@ import re
 import shlex
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,16 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parents[1]
+# a directory a benchmark made under the temp dir (tempfile.mkdtemp): machine-specific, so not recorded
+_TEMP_DIR = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/[^/\s\"'`]+")
+
+
+def portable(text: str) -> str:
+    """`text` with this machine's paths taken out, as committed results must be: the repository's root
+    becomes relative (`runs/...`), a benchmark's own temp directory `<tmp>`
+    (tests/test_committed_records.py checks every committed record)."""
+    return _TEMP_DIR.sub("<tmp>", text.replace(f"{REPO}/", "").replace(str(REPO), "."))
 
 
 def machine() -> dict[str, Any]:
@@ -231,8 +242,8 @@ def write_result(
         record["notes"] = notes
     if samples:
         record["samples"] = samples
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(record))
+    (RESULTS / f"{name}.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
+    (RESULTS / f"{name}.md").write_text(portable(markdown(record)))
     return record
 
 
