@@ -85,6 +85,7 @@ def train_run(config: str, workers: int, steps: int, storage: Path, extra: list[
         "setup_s": start["setup_s"],
         "wall_s": round(wall, 1),
         "steps": len(train),
+        "steady_window": (train[0]["time"], train[-1]["time"]),  # wall times of the first and last step's end
     }
 
 
@@ -185,6 +186,9 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
     load.append(round(os.getloadavg()[0], 2))
     foreign = ForeignCPU()
     run = train_run(config, 1, steps, storage, [*overrides, "train.run_name=bench-e2e"])
+    # where the CPU went while the steps ran (the first step's start-up left out): the worker's compute and
+    # what Ray's own processes took beside it on the same cores
+    run["own_cores_by_process"] = foreign.own_cores_by_process(*run.pop("steady_window"))
     foreign_cores.append(round(foreign.cores(), 3))
     load.append(round(os.getloadavg()[0], 2))
     print(f"[bench] Ray Train, 1 worker: {run['wall_samples_per_s']:.3f} samples/s", flush=True)
@@ -298,6 +302,7 @@ def main(argv: list[str]) -> int:
         r = train_run(
             args.config, w, args.steps, storage, [*args.overrides, f"train.run_name=bench-{w}w-{i}"]
         )
+        r.pop("steady_window")
         all_runs[w].append(r)
         print(
             f"[bench] {w} worker(s): {r['samples_per_s']:.2f} samples/s (median step {r['median_step_s']:.2f} s)"

@@ -124,6 +124,10 @@ class ForeignCPU:
         self._t0, self._wall0, self._busy0 = time.monotonic(), time.time(), self._busy()
         self._first: dict[tuple[int, float], float] = {}  # (pid, create time) -> CPU s at the span's start
         self._last: dict[tuple[int, float], float] = {}  # the same -> CPU s at its latest sample
+        self._names: dict[
+            tuple[int, float], str
+        ] = {}  # the same -> its process title (ray::..., raylet, ...)
+        self._series: dict[tuple[int, float], list[tuple[float, float]]] = {}  # -> [(wall time, CPU s)]
         self._lock = threading.Lock()
         self._sample()
         self._stop = threading.Event()
@@ -148,14 +152,18 @@ class ForeignCPU:
                     continue
                 t = proc.cpu_times()
                 key = (proc.pid, proc.create_time())
+                if key not in self._names:
+                    self._names[key] = _process_title(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue  # gone meanwhile (its last sample stands) or not ours to read
             seen[key] = t.user + t.system
+        now = time.time()
         with self._lock:
             for key, cpu in seen.items():
                 # a process born within the span used 0 s at its start
                 self._first.setdefault(key, cpu if key[1] < self._wall0 else 0.0)
                 self._last[key] = cpu
+                self._series.setdefault(key, []).append((now, cpu))
 
     def _sample_until_stopped(self) -> None:
         while not self._stop.wait(self._interval_s):
@@ -167,12 +175,41 @@ class ForeignCPU:
         with self._lock:
             return sum(self._last[k] - self._first[k] for k in self._last)
 
+    def own_cores_by_process(self, start: float, end: float) -> dict[str, float]:
+        """Mean cores each of the benchmark's own processes used between wall times `start` and `end`
+        (time.time()), from the samples nearest inside the window; grouped by process title, largest first.
+        Shows where a run's CPU went besides its compute (Ray's raylet, GCS, driver, data actors)."""
+        span = max(end - start, 1e-9)
+        by_name: dict[str, float] = {}
+        with self._lock:
+            for key, series in self._series.items():
+                inside = [(t, c) for t, c in series if start <= t <= end]
+                if len(inside) < 2:
+                    continue
+                name = self._names.get(key, "?")  # CPU seconds used inside the window, over the window
+                by_name[name] = by_name.get(name, 0.0) + (inside[-1][1] - inside[0][1]) / span
+        return {k: round(v, 3) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])}
+
     def cores(self) -> float:
         """Mean number of cores others used since construction (never below 0); stops the sampler."""
         own = self.own_seconds()
         seconds = max(time.monotonic() - self._t0, 1e-9)
         self._stop.set()
         return max(0.0, ((self._busy() - self._busy0) - own) / seconds)
+
+
+def _process_title(proc: Any) -> str:
+    """A short label of a process: Ray's title (`ray::RayTrainWorker`, `raylet`, `gcs_server`) or the script."""
+    cmd = proc.cmdline()
+    if not cmd:
+        return proc.name()
+    first = cmd[0].split()[0] if cmd[0].startswith("ray::") else Path(cmd[0]).name
+    if first.startswith("python") and len(cmd) > 1:  # a Python process: name the script or module it runs
+        if cmd[1] in ("-c", "-m"):
+            return f"python {cmd[1]} {cmd[2] if cmd[1] == '-m' and len(cmd) > 2 else ''}".strip()[:60]
+        script = next((c for c in cmd[1:] if not c.startswith("-")), "")
+        return f"python {Path(script).name}"[:60]
+    return first[:60]
 
 
 def median(xs: list[float]) -> float:

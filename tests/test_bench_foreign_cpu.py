@@ -7,6 +7,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -42,6 +43,23 @@ def test_an_ended_detached_process_of_the_benchmark_is_its_own_cpu():
         foreign.cores()
         # the burner used 1.5 s of CPU; sampling every 0.1 s misses at most its last 0.1 s
         assert own >= 1.2, f"own CPU {own:.2f} s: the ended burner's 1.5 s were not counted"
+    finally:
+        if not had_marker:
+            os.environ.pop("CORA_BENCH_TREE", None)
+
+
+def test_cpu_by_process_names_the_process_that_used_it():
+    common, had_marker = _bench_common()
+    try:
+        foreign = common.ForeignCPU(interval_s=0.1)
+        start = time.time()
+        subprocess.run([sys.executable, "-c", BURN], check=True)  # 1.5 s of CPU in a child of ours
+        time.sleep(0.3)  # a sample after the burner's end
+        by_process = foreign.own_cores_by_process(start, time.time())
+        foreign.cores()
+        assert list(by_process)[0] == "python -c", by_process  # the largest user comes first
+        # 1.5 CPU s over a window of ~1.8-2.5 s; the burner's part of the window counts, nothing beside it
+        assert 0.4 <= by_process["python -c"] <= 1.05, by_process
     finally:
         if not had_marker:
             os.environ.pop("CORA_BENCH_TREE", None)
