@@ -22,12 +22,13 @@ from cora_ray.errors import ModelError
 
 @dataclass(frozen=True)
 class MethodCapabilities:
-    """One method's answers. The first four mirror the RecModel class attributes of the same name."""
+    """One method's answers. The first five mirror the RecModel class attributes of the same name."""
 
     needs_cf: bool
     needs_placeholders: bool
     uses_collab_weights: bool
     trainable: bool
+    text_only_prompt: bool
     # the CF backbone the method's paper pairs it with: what a hint suggests when nothing else names one
     # (CoLLM: MF); None when the method is used with every backbone (CoRA: MF, LightGCN and SASRec)
     paper_cf_backbone: str | None = None
@@ -35,20 +36,33 @@ class MethodCapabilities:
 
 CAPABILITIES: dict[str, MethodCapabilities] = {
     "cora": MethodCapabilities(
-        needs_cf=True, needs_placeholders=False, uses_collab_weights=True, trainable=True
+        needs_cf=True,
+        needs_placeholders=False,
+        uses_collab_weights=True,
+        trainable=True,
+        text_only_prompt=False,
     ),
     "tallrec": MethodCapabilities(
-        needs_cf=False, needs_placeholders=False, uses_collab_weights=False, trainable=True
+        needs_cf=False,
+        needs_placeholders=False,
+        uses_collab_weights=False,
+        trainable=True,
+        text_only_prompt=True,
     ),
     "collm": MethodCapabilities(
         needs_cf=True,
         needs_placeholders=True,
         uses_collab_weights=False,
         trainable=True,
+        text_only_prompt=False,
         paper_cf_backbone="mf",
     ),
     "zero_shot": MethodCapabilities(
-        needs_cf=False, needs_placeholders=False, uses_collab_weights=False, trainable=False
+        needs_cf=False,
+        needs_placeholders=False,
+        uses_collab_weights=False,
+        trainable=False,
+        text_only_prompt=True,
     ),
 }
 

@@ -177,6 +177,30 @@ def _apply_chat(tokenizer: PreTrainedTokenizerBase, content: str) -> str:
     return text
 
 
+def split_problem(
+    tokenizer: PreTrainedTokenizerBase, template: PromptTemplate, placeholders: bool
+) -> ConfigError | ModelError | None:
+    """The error splitting prompts into a shared prefix and a per-item suffix would raise, None when they can be
+    split: the item-independent fields must come before the target title, no CoLLM placeholders, and the
+    tokenizer must add special tokens only at the start (they stay in the prefix)."""
+    fields = [f for _, f in template.parts if f is not None]
+    at = fields.index("target") if "target" in fields else -1
+    late = [f for f in ("history", "user") if f in fields and fields.index(f) > at]
+    if at < 0 or late or placeholders:
+        return ConfigError(
+            "prompt.template: a shared prefix needs {target} after {history} and no CoLLM placeholders "
+            f"(fields in order: {fields}); use model.delta_scope=all with this template"
+        )
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    full = tokenizer.encode("a", add_special_tokens=True)
+    if full[len(full) - len(plain) :] != plain:
+        return ModelError(
+            f"tokenizer {tokenizer.name_or_path!r} appends special tokens after the text: a prompt cannot be "
+            "split into a shared prefix and a per-item suffix (use model.delta_scope=all)"
+        )
+    return None
+
+
 @dataclass
 class TokenRows:
     """A batch of prompts as token rows, not padded: `ids` one token list per row; `positions` token indices
@@ -199,6 +223,10 @@ class PromptEncoder:
       and what follows) separately and return `suffix_pos`: then a row's prefix tokens depend on the prefix
       text alone, identical for all of a user's candidates (`model.delta_scope` user_prefix / suffix share
       them; docs/method.md §2.5). Off, the whole text is tokenised at once (the paper's method).
+    split_from_whole: with `split_suffix`, tokenise the whole text at once (exactly the tokens of
+      `split_suffix=False`) and put `suffix_pos` at the first token that reaches the suffix's text: how a
+      model trained on whole prompts (TALLRec, zero-shot) scores with shared prefixes. Rows whose prefix
+      tokens differ (a merge across the boundary) simply do not share (the Scorer groups by prefix tokens).
 
     Budget: every title's token count (as ` "Title",`) is computed once here; a prompt over
     `cfg.max_prompt_tokens` drops as many oldest titles as those counts say are needed and only that row
@@ -213,6 +241,7 @@ class PromptEncoder:
         collab_placeholders: bool = False,
         placeholder_token: str | None = None,
         split_suffix: bool = False,
+        split_from_whole: bool = False,
     ) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise ModelError("PromptEncoder needs a fast (tokenizers-backed) tokenizer")
@@ -224,8 +253,11 @@ class PromptEncoder:
         self.collab = collab_placeholders
         self.template = PromptTemplate(cfg, placeholders=collab_placeholders)
         self.split_suffix = bool(split_suffix)
+        self.split_from_whole = self.split_suffix and bool(split_from_whole)
         if self.split_suffix:
-            self._check_splittable(tokenizer)
+            problem = split_problem(tokenizer, self.template, self.collab)
+            if problem is not None:
+                raise problem
         self.chat = _ChatWrap.from_tokenizer(tokenizer) if cfg.chat_template else None
         # A chat-templated text carries its own special tokens (BOS included when the model wants one).
         self.add_special_tokens = not cfg.chat_template
@@ -293,29 +325,24 @@ class PromptEncoder:
 
     # ---- encoding --------------------------------------------------------------------------------------
 
-    def _check_splittable(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        """`split_suffix` needs the item-independent fields before the target title, no CoLLM placeholders,
-        and a tokenizer that adds special tokens only at the start (they stay in the prefix)."""
-        fields = [f for _, f in self.template.parts if f is not None]
-        at = fields.index("target") if "target" in fields else -1
-        late = [f for f in ("history", "user") if f in fields and fields.index(f) > at]
-        if at < 0 or late or self.collab:
-            raise ConfigError(
-                "prompt.template: a shared prefix needs {target} after {history} and no CoLLM placeholders "
-                f"(fields in order: {fields}); use model.delta_scope=all with this template"
-            )
-        plain = tokenizer.encode("a", add_special_tokens=False)
-        full = tokenizer.encode("a", add_special_tokens=True)
-        if full[len(full) - len(plain) :] != plain:
-            raise ModelError(
-                f"tokenizer {tokenizer.name_or_path!r} appends special tokens after the text: a prompt cannot be "
-                "split into a shared prefix and a per-item suffix (use model.delta_scope=all)"
-            )
-
     def _tokenize(
         self, rendered: list[tuple[str, int, int, int]]
     ) -> tuple[list[list[int]], list[list[tuple[int, int]]] | None, list[int] | None]:
         """Token ids of rendered rows (+ char offsets for CoLLM; + each row's suffix_pos with split_suffix)."""
+        if self.split_from_whole:
+            enc = self.tokenizer(
+                [r[0] for r in rendered],
+                add_special_tokens=self.add_special_tokens,
+                return_attention_mask=False,
+                return_offsets_mapping=True,
+            )
+            # the suffix starts at the first token with a character at or after the suffix's first character
+            # (special tokens the tokenizer adds have empty (0, 0) spans and stay in the prefix)
+            starts = [
+                next((j for j, (_, end) in enumerate(offs) if end > r[3]), len(offs))
+                for offs, r in zip(enc["offset_mapping"], rendered, strict=True)
+            ]
+            return enc["input_ids"], None, starts
         if self.split_suffix:
             prefixes = self.tokenizer(
                 [r[0][: r[3]] for r in rendered],

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from cora_ray import manifest as manifests
 from cora_ray import storage
+from cora_ray.capabilities import capabilities
 from cora_ray.config import ExperimentConfig, from_dict
 from cora_ray.data import protocol
 from cora_ray.data.batching import length_order, prompt_lengths, title_char_costs
@@ -377,11 +378,16 @@ def _source_info(source: ScorerSource, pre: dict) -> dict:
 
 
 def _shares_prefix(source: ScorerSource, pre: dict) -> bool:
-    """The checkpoint's model.delta_scope shares the prompt prefix per user (docs/method.md §2.5)."""
+    """The scorer will run each user's prompt prefix once (docs/method.md §2.5): a checkpoint whose
+    model.delta_scope shares it, or a text-only method (TALLRec, zero-shot). Then a user's rows go into one
+    Ray batch. (A text-only template that cannot be split is scored with full prompts all the same.)"""
+    if source.kind == "zero_shot":
+        return True
     if source.kind != "checkpoint":
         return False
     model = pre["manifest"]["config"].get("model") or {}
-    return model.get("delta_scope", "all") != "all"
+    method = model.get("method", "cora")
+    return model.get("delta_scope", "all") != "all" or capabilities(method).text_only_prompt
 
 
 def _max_history(source: ScorerSource, pre: dict) -> int:

@@ -486,9 +486,9 @@ class Scorer:
         the model generates G itself. `progress(k)` is called after each batch with its row count.
         `bucket=False` keeps the given order for batching (for measuring what bucketing saves).
 
-        A checkpoint whose delta_scope shares the prompt prefix (`shares_prefix`) runs each (user, history)
-        prefix once and only the suffixes per row (`share_prefix=False`: every row's full prompt, the
-        reference); `prefix_cache` keeps computed prefixes across calls (serving)."""
+        A model whose prompt prefix is per user (`shares_prefix`: a shared delta_scope, TALLRec, zero-shot)
+        runs each (user, history) prefix once and only the suffixes per row (`share_prefix=False`: every row's
+        full prompt, the reference); `prefix_cache` keeps computed prefixes across calls (serving)."""
         users = as_id_array(user_ids, "user_ids")
         items = as_id_array(item_ids, "item_ids")
         n = len(items)
@@ -547,7 +547,7 @@ class Scorer:
             if progress is not None:
                 progress(len(idx))
 
-    # -- prefix-shared path (model.delta_scope user_prefix / suffix) -----------------------------------------
+    # -- prefix-shared path (model.delta_scope user_prefix / suffix; TALLRec, zero-shot) ----------------------
 
     def _score_shared(
         self,
@@ -577,7 +577,7 @@ class Scorer:
                 suffix = left_padded_tensors([split.suffixes[j] for j in idx], pad_id, self.device)
                 local = torch.as_tensor(split.groups[idx] - g0, dtype=torch.long, device=self.device)
                 with torch.inference_mode():
-                    g = self._row_G(rows, idx)
+                    g = self._row_G(rows, idx) if self.uses_collab_weights else None
                     scores = self.model.score_suffix(state.select(local), suffix, g)
                 out[idx] = scores.detach().float().cpu().numpy().reshape(-1)
                 if progress is not None:
@@ -629,9 +629,10 @@ class Scorer:
 
     @property
     def shares_prefix(self) -> bool:
-        """The checkpoint's prompt prefix depends on (user, history) only (model.delta_scope user_prefix /
-        suffix): `score` runs each prefix once."""
-        return bool(self.model.shares_prefix)
+        """The prompt prefix depends on (user, history) only — model.delta_scope user_prefix / suffix, or a
+        text-only model (TALLRec, zero-shot) whose template puts the target title after the history — and
+        the encoder marks where each row's suffix starts: `score` runs each prefix once."""
+        return bool(self.model.shares_prefix) and bool(getattr(self.encoder, "split_suffix", False))
 
     @property
     def cache_version(self) -> str | None:
@@ -659,14 +660,21 @@ class Scorer:
 
 
 def _encoder(llm: Any, cfg: ExperimentConfig, titles: Sequence[str], model: Any) -> Any:
-    from cora_ray.data.prompts import PromptEncoder
+    """The checkpoint's prompt encoder. A shared-prefix delta scope tokenises prefix and suffix apart, as it
+    was trained; a text-only model (TALLRec, zero-shot) tokenises whole prompts, as it was trained, and is
+    split at the suffix's first token when its template allows a split at all (else: full prompts)."""
+    from cora_ray.data.prompts import PromptEncoder, PromptTemplate, split_problem
 
+    text_only = model.text_only_prompt and (
+        split_problem(llm.tokenizer, PromptTemplate(cfg.prompt), placeholders=False) is None
+    )
     return PromptEncoder(
         llm.tokenizer,
         cfg.prompt,
         list(titles),
         collab_placeholders=model.needs_placeholders,
-        split_suffix=cfg.model.shares_prefix,
+        split_suffix=cfg.model.shares_prefix or text_only,
+        split_from_whole=text_only,
     )
 
 

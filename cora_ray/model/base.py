@@ -15,14 +15,17 @@ it needs placeholder positions (CoLLM).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import DynamicCache
 
 from cora_ray.errors import ArtifactMismatchError, ModelError
+from cora_ray.model.prefix import PrefixState, cache_kwarg, kv_layers
 
 if TYPE_CHECKING:
     from cora_ray.llm.loaded import LoadedLLM
@@ -121,9 +124,10 @@ class RecModel(nn.Module):
     """The model takes per-row collaborative weights G (B, d_model, r): `compute_G`, `forward(batch, G=...)`."""
     trainable: bool = True
     """The method has parameters to train (False: zero-shot, evaluated as it is)."""
-    shares_prefix: bool = False
-    """The prompt prefix (before the target title) depends on (user, history) only, so it is computed once
-    per user: `encode_prefix` + `score_suffix` (CoRA with model.delta_scope user_prefix / suffix)."""
+    text_only_prompt: bool = False
+    """The prompt reaches the LLM as its text alone — no per-row delta, no placeholder embeddings (TALLRec,
+    zero-shot) — so every row's prompt prefix depends on (user, history) only and scoring may run it once per
+    user (`shares_prefix`) with exactly the full prompt's result."""
 
     def __init__(self, llm: LoadedLLM) -> None:
         super().__init__()
@@ -146,6 +150,57 @@ class RecModel(nn.Module):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    # --- the shared prompt prefix (cora_ray/model/prefix.py) ----------------------------------------------
+    @property
+    def shares_prefix(self) -> bool:
+        """The prompt prefix (before the target title) depends on (user, history) only, so scoring computes
+        it once per user: `encode_prefix` + `score_suffix` (text-only methods; CoRA with model.delta_scope
+        user_prefix / suffix, which overrides this)."""
+        return self.text_only_prompt
+
+    @contextlib.contextmanager
+    def full_prompt_pass(self) -> Iterator[None]:
+        """Within the block `forward` runs every row's whole prompt (the reference the prefix-shared path is
+        checked against). A text-only model's forward always does; CoRA overrides this."""
+        yield
+
+    def encode_prefix(
+        self, prefix: Mapping[str, torch.Tensor], user_id: torch.Tensor, history: torch.Tensor | None
+    ) -> PrefixState:
+        """Prefix tokens (input_ids, attention_mask (n, P), left-padded) of n (user, history) → their keys and
+        values at every layer through the LLM as it is (CoRA runs this under its user-only delta)."""
+        mask = prefix["attention_mask"]
+        out = self.lm.base_model(
+            input_ids=prefix["input_ids"],
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            use_cache=True,
+        )
+        return PrefixState(kv_layers(out), mask, None)
+
+    def score_suffix(
+        self, prefix: PrefixState, suffix: Mapping[str, torch.Tensor], G: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) scores of suffix rows (input_ids, attention_mask (B, S), left-padded) against their prefixes
+        (`prefix` row-aligned: B prefixes, e.g. `state.select(groups)`). `G`: only for a model with
+        collaborative weights (CoRA runs this under each row's G(u, i))."""
+        if G is not None:
+            raise ModelError(f"method {self.method!r} has no collaborative weights: G cannot be supplied")
+        suffix_mask = suffix["attention_mask"]
+        if len(prefix) != suffix_mask.shape[0]:
+            raise ModelError(f"{len(prefix)} prefixes for {suffix_mask.shape[0]} suffix rows")
+        lengths = prefix.attention_mask.sum(1, keepdim=True)  # (B, 1) real prefix tokens
+        cache = DynamicCache(ddp_cache_data=prefix.layers, config=self.lm.config)
+        mask = torch.cat([prefix.attention_mask, suffix_mask], dim=1)  # (B, P + S)
+        out = self.lm.base_model(
+            input_ids=suffix["input_ids"],
+            attention_mask=mask,
+            position_ids=lengths + position_ids_from_mask(suffix_mask),
+            use_cache=True,
+            **cache_kwarg(self.lm.base_model, cache),
+        )
+        return self.score_hidden(out.last_hidden_state[:, -1])  # (B,)
 
     def loss(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor | None = None) -> torch.Tensor:
         """Mean binary cross-entropy with logits of the scores against batch["label"] (0/1): the one loss.

@@ -31,6 +31,7 @@ class ZeroShotModel(RecModel):
 
     method = "zero_shot"
     trainable = False
+    text_only_prompt = True
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         h = last_hidden_state(self.lm, batch["attention_mask"], input_ids=batch["input_ids"])  # (B, d)
@@ -43,6 +44,7 @@ class TALLRecModel(RecModel):
     The LLM is modified in place (targets become LoRALinear), so one LoadedLLM backs one model."""
 
     method = "tallrec"
+    text_only_prompt = True  # one LoRA for every row: a user's prompt prefix is the same for all candidates
 
     def __init__(self, llm: LoadedLLM, cfg: ModelConfig) -> None:
         super().__init__(llm)

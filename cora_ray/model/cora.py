@@ -24,18 +24,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import nn
-from transformers import DynamicCache
 
 from cora_ray.cf.base import CFBackbone
 from cora_ray.config import ModelConfig
 from cora_ray.errors import ModelError
-from cora_ray.model.base import RecModel, freeze, last_hidden_state, position_ids_from_mask
+from cora_ray.model.base import RecModel, freeze, last_hidden_state
 from cora_ray.model.collab_linear import inject_collab_layers
 from cora_ray.model.generator import CollaborativeWeightGenerator
 from cora_ray.model.prefix import (
     PrefixState,
-    cache_kwarg,
-    kv_layers,
     left_padded_tensors,
     split_rows,
     unpad_rows,
@@ -191,36 +188,20 @@ class CoRAModel(RecModel):
         """Prefix tokens (input_ids, attention_mask (n, P), left-padded) of n (user, history) → their keys and
         values at every layer, computed with G_u (user_prefix) or the plain LLM (suffix)."""
         prefix_G = self.compute_G_user(user_id, history)
-        mask = prefix["attention_mask"]
         with self.collab.use(prefix_G):
-            out = self.lm.base_model(
-                input_ids=prefix["input_ids"],
-                attention_mask=mask,
-                position_ids=position_ids_from_mask(mask),
-                use_cache=True,
-            )
-        return PrefixState(kv_layers(out), mask, prefix_G)
+            state = super().encode_prefix(prefix, user_id, history)
+        state.prefix_G = prefix_G
+        return state
 
     def score_suffix(
-        self, prefix: PrefixState, suffix: Mapping[str, torch.Tensor], G: torch.Tensor
+        self, prefix: PrefixState, suffix: Mapping[str, torch.Tensor], G: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(B,) scores of suffix rows (input_ids, attention_mask (B, S), left-padded) against their prefixes
-        (`prefix` row-aligned: B prefixes, e.g. `state.select(groups)`), each with its own G(u, i)."""
-        suffix_mask = suffix["attention_mask"]
-        if len(prefix) != suffix_mask.shape[0]:
-            raise ModelError(f"{len(prefix)} prefixes for {suffix_mask.shape[0]} suffix rows")
-        lengths = prefix.attention_mask.sum(1, keepdim=True)  # (B, 1) real prefix tokens
-        cache = DynamicCache(ddp_cache_data=prefix.layers, config=self.lm.config)
-        mask = torch.cat([prefix.attention_mask, suffix_mask], dim=1)  # (B, P + S)
+        """(B,) scores of suffix rows against their prefixes (`RecModel.score_suffix`), each with its own
+        G(u, i) (B, d_model, r)."""
+        if G is None:
+            raise ModelError("CoRA's suffix rows need their G(u, i) (compute_G)")
         with self.collab.use(G):
-            out = self.lm.base_model(
-                input_ids=suffix["input_ids"],
-                attention_mask=mask,
-                position_ids=lengths + position_ids_from_mask(suffix_mask),
-                use_cache=True,
-                **cache_kwarg(self.lm.base_model, cache),
-            )
-        return self.score_hidden(out.last_hidden_state[:, -1])  # (B,)
+            return super().score_suffix(prefix, suffix)
 
     def checkpoint_kwargs(self) -> dict:
         # the recompute of a checkpointed layer runs in backward, after `forward` has left `collab.use(G)`:

@@ -1,6 +1,7 @@
 """A shared prompt prefix: compute a user's prefix keys/values once, score many suffixes against them.
 
-With `model.delta_scope` user_prefix or suffix (docs/method.md §2.5) the tokens before the target title —
+With `model.delta_scope` user_prefix or suffix (docs/method.md §2.5), or a text-only model (TALLRec,
+zero-shot: `RecModel.text_only_prompt`), the tokens before the target title —
 the instruction and the user's history — see a delta that depends on the user alone (G_u) or none at all.
 Their keys and values are then the same for every candidate item of that user, so
 

@@ -290,3 +290,34 @@ def test_encoding_a_large_varied_batch_respects_the_token_limit(tokenizer):
     enc = PromptEncoder(tokenizer, PromptConfig(max_prompt_tokens=80), TITLES)
     out = enc.encode(histories, targets)
     assert out["attention_mask"].sum(1).max() <= 80
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_split_from_whole_keeps_a_real_tokenizers_whole_prompt_tokens(chat):
+    """The bundled SmolLM2 tokenizer (BPE: ` "` merges across the title's boundary): a text-only model's split
+    marks the suffix inside the whole prompt's tokens; there the prefix and suffix tokenised apart coincide
+    with them too, so both splits start the suffix at the same token."""
+    from cora_ray.config import LLMConfig
+    from cora_ray.llm.loading import load_tokenizer
+
+    tok = load_tokenizer(LLMConfig())
+    titles = [
+        "",
+        *(t for t in TITLES[1:]),
+        "Il Postino (The Postman) (1994)",
+        "8 1/2 (1963)",
+        "M*A*S*H (1970)",
+    ]
+    cfg = PromptConfig(chat_template=chat, max_history=10)
+    hists = [np.array([2, 3, 4]), np.array([], dtype=np.int64), np.array([13, 14, 15, 1, 5])]
+    targets = [13, 15, 6]
+    whole = PromptEncoder(tok, cfg, titles).token_rows(hists, targets)
+    split = PromptEncoder(tok, cfg, titles, split_suffix=True, split_from_whole=True).token_rows(
+        hists, targets
+    )
+    parts = PromptEncoder(tok, cfg, titles, split_suffix=True).token_rows(hists, targets)
+    assert split.ids == whole.ids
+    assert split.positions["suffix_pos"] == parts.positions["suffix_pos"]
+    for ids, p, item in zip(split.ids, split.positions["suffix_pos"], targets, strict=True):
+        assert tok.decode(ids[p:]).lstrip().startswith(f'"{titles[item]}"')
+        assert titles[item] not in tok.decode(ids[:p])

@@ -9,6 +9,7 @@ import torch
 from tiny_setup import write_tiny_checkpoint
 
 from cora_ray.data import protocol
+from cora_ray.errors import ModelError
 from cora_ray.infer.prefix_cache import PrefixCache
 from cora_ray.infer.scorer import Scorer
 
@@ -83,3 +84,65 @@ def test_supplied_G_is_used_for_the_suffix(scoped, tiny_artifacts):
     )
     zero = scoped.score(u[:8], i[:8], h[:8], G=torch.zeros_like(G))
     assert not np.allclose(zero, scoped.score(u[:8], i[:8], h[:8]), atol=1e-4)
+
+
+# ---- text-only methods: TALLRec and zero-shot share a user's prefix, with exactly their trained tokens ------
+
+
+@pytest.fixture(scope="module", params=["tallrec", "zero_shot"])
+def text_only(request, tiny_artifacts, tmp_path_factory):
+    if request.param == "zero_shot":
+        return Scorer.from_base_llm(tiny_artifacts.config("cora"), tiny_artifacts.data_uri, batch_size=5)
+    uri = str(tmp_path_factory.mktemp("ckpt") / "tallrec")
+    write_tiny_checkpoint(tiny_artifacts, uri, method="tallrec", seed=5)
+    return Scorer.from_checkpoint(uri, batch_size=5)
+
+
+def test_a_text_only_model_shares_prefixes_with_its_full_prompt_scores(text_only, tiny_artifacts):
+    u, i, h = rows(tiny_artifacts)
+    assert text_only.shares_prefix and text_only.encoder.split_from_whole
+    shared = text_only.score(u, i, h)
+    full = text_only.score(u, i, h, share_prefix=False)
+    np.testing.assert_allclose(shared, full, atol=1e-4)
+    assert np.std(shared) > 0
+    # a prefix cache works for it as for CoRA's shared scopes: a returning user hits it, same scores
+    cache = PrefixCache(max_bytes=64 << 20, version=text_only.cache_version)
+    np.testing.assert_allclose(text_only.score(u, i, h, prefix_cache=cache), full, atol=1e-4)
+    again = text_only.score(u[::-1], i[::-1], h[::-1], prefix_cache=cache)
+    np.testing.assert_allclose(again, full[::-1], atol=1e-4)
+    assert cache.stats().hits > 0
+    with pytest.raises(ModelError, match="no collaborative weights"):
+        text_only.score(u[:2], i[:2], h[:2], G=torch.zeros(2, 4, 2))
+
+
+def test_the_text_only_split_keeps_the_whole_prompts_tokens(text_only, tiny_artifacts):
+    """The model was trained on whole prompts: the split marks a position in those tokens, it does not
+    tokenise the prefix and the suffix apart."""
+    from cora_ray.data.prompts import PromptEncoder
+
+    u, i, h = rows(tiny_artifacts)
+    split = text_only.encoder.token_rows(h, i)
+    whole = PromptEncoder(text_only.encoder.tokenizer, text_only.config.prompt, text_only.titles).token_rows(
+        h, i
+    )
+    assert split.ids == whole.ids
+    # where prefix and suffix tokenised apart give the same tokens (this tokenizer), the split is at the same
+    # token as the shared-scope encoder's
+    parts = PromptEncoder(
+        text_only.encoder.tokenizer, text_only.config.prompt, text_only.titles, split_suffix=True
+    ).token_rows(h, i)
+    assert parts.ids == whole.ids
+    assert split.positions["suffix_pos"] == parts.positions["suffix_pos"]
+    assert all(0 < p < len(ids) for ids, p in zip(split.ids, split.positions["suffix_pos"], strict=True))
+
+
+def test_a_text_only_template_that_cannot_be_split_scores_full_prompts(tiny_artifacts, tmp_path):
+    import dataclasses
+
+    cfg = tiny_artifacts.config("cora")
+    template = "Would a user enjoy {target}? They liked {history}. Answer:"
+    cfg = dataclasses.replace(cfg, prompt=dataclasses.replace(cfg.prompt, template=template))
+    scorer = Scorer.from_base_llm(cfg, tiny_artifacts.data_uri, batch_size=5)
+    assert not scorer.shares_prefix  # the history follows the target: nothing to share, nothing refused
+    u, i, h = rows(tiny_artifacts)
+    assert np.isfinite(scorer.score(u[:6], i[:6], h[:6])).all()
