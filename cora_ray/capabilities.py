@@ -28,7 +28,7 @@ class MethodCapabilities:
     needs_placeholders: bool
     uses_collab_weights: bool
     trainable: bool
-    text_only_prompt: bool
+    prefix_per_user: bool
     # the CF backbone the method's paper pairs it with: what a hint suggests when nothing else names one
     # (CoLLM: MF); None when the method is used with every backbone (CoRA: MF, LightGCN and SASRec)
     paper_cf_backbone: str | None = None
@@ -40,21 +40,21 @@ CAPABILITIES: dict[str, MethodCapabilities] = {
         needs_placeholders=False,
         uses_collab_weights=True,
         trainable=True,
-        text_only_prompt=False,
+        prefix_per_user=False,
     ),
     "tallrec": MethodCapabilities(
         needs_cf=False,
         needs_placeholders=False,
         uses_collab_weights=False,
         trainable=True,
-        text_only_prompt=True,
+        prefix_per_user=True,
     ),
     "collm": MethodCapabilities(
         needs_cf=True,
         needs_placeholders=True,
         uses_collab_weights=False,
         trainable=True,
-        text_only_prompt=False,
+        prefix_per_user=True,
         paper_cf_backbone="mf",
     ),
     "zero_shot": MethodCapabilities(
@@ -62,7 +62,7 @@ CAPABILITIES: dict[str, MethodCapabilities] = {
         needs_placeholders=False,
         uses_collab_weights=False,
         trainable=False,
-        text_only_prompt=True,
+        prefix_per_user=True,
     ),
 }
 

@@ -178,18 +178,25 @@ def _apply_chat(tokenizer: PreTrainedTokenizerBase, content: str) -> str:
 
 
 def split_problem(
-    tokenizer: PreTrainedTokenizerBase, template: PromptTemplate, placeholders: bool
+    tokenizer: PreTrainedTokenizerBase,
+    template: PromptTemplate,
+    placeholders: bool,
+    from_whole: bool = False,
 ) -> ConfigError | ModelError | None:
     """The error splitting prompts into a shared prefix and a per-item suffix would raise, None when they can be
-    split: the item-independent fields must come before the target title, no CoLLM placeholders, and the
-    tokenizer must add special tokens only at the start (they stay in the prefix)."""
+    split: the item-independent fields (history, the user placeholder) must come before the target title, and
+    the tokenizer must add special tokens only at the start (they stay in the prefix). CoLLM's placeholders
+    are located through the whole prompt's token offsets, so they need `from_whole` (the item placeholder then
+    lies in the suffix, after the target title)."""
     fields = [f for _, f in template.parts if f is not None]
     at = fields.index("target") if "target" in fields else -1
     late = [f for f in ("history", "user") if f in fields and fields.index(f) > at]
-    if at < 0 or late or placeholders:
+    early_item = "item" in fields and fields.index("item") < at
+    if at < 0 or late or early_item or (placeholders and not from_whole):
         return ConfigError(
-            "prompt.template: a shared prefix needs {target} after {history} and no CoLLM placeholders "
-            f"(fields in order: {fields}); use model.delta_scope=all with this template"
+            "prompt.template: a shared prefix needs {target} after {history} (and after {user}, before {item}"
+            f"; CoLLM placeholders only when whole prompts are split) (fields in order: {fields}); use "
+            "model.delta_scope=all with this template"
         )
     plain = tokenizer.encode("a", add_special_tokens=False)
     full = tokenizer.encode("a", add_special_tokens=True)
@@ -225,7 +232,7 @@ class PromptEncoder:
       them; docs/method.md §2.5). Off, the whole text is tokenised at once (the paper's method).
     split_from_whole: with `split_suffix`, tokenise the whole text at once (exactly the tokens of
       `split_suffix=False`) and put `suffix_pos` at the first token that reaches the suffix's text: how a
-      model trained on whole prompts (TALLRec, zero-shot) scores with shared prefixes. Rows whose prefix
+      model trained on whole prompts (TALLRec, zero-shot, CoLLM) scores with shared prefixes. Rows whose prefix
       tokens differ (a merge across the boundary) simply do not share (the Scorer groups by prefix tokens).
 
     Budget: every title's token count (as ` "Title",`) is computed once here; a prompt over
@@ -255,7 +262,7 @@ class PromptEncoder:
         self.split_suffix = bool(split_suffix)
         self.split_from_whole = self.split_suffix and bool(split_from_whole)
         if self.split_suffix:
-            problem = split_problem(tokenizer, self.template, self.collab)
+            problem = split_problem(tokenizer, self.template, self.collab, self.split_from_whole)
             if problem is not None:
                 raise problem
         self.chat = _ChatWrap.from_tokenizer(tokenizer) if cfg.chat_template else None
@@ -342,7 +349,7 @@ class PromptEncoder:
                 next((j for j, (_, end) in enumerate(offs) if end > r[3]), len(offs))
                 for offs, r in zip(enc["offset_mapping"], rendered, strict=True)
             ]
-            return enc["input_ids"], None, starts
+            return enc["input_ids"], (enc["offset_mapping"] if self.collab else None), starts
         if self.split_suffix:
             prefixes = self.tokenizer(
                 [r[0][: r[3]] for r in rendered],

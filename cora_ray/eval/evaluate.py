@@ -379,15 +379,16 @@ def _source_info(source: ScorerSource, pre: dict) -> dict:
 
 def _shares_prefix(source: ScorerSource, pre: dict) -> bool:
     """The scorer will run each user's prompt prefix once (docs/method.md §2.5): a checkpoint whose
-    model.delta_scope shares it, or a text-only method (TALLRec, zero-shot). Then a user's rows go into one
-    Ray batch. (A text-only template that cannot be split is scored with full prompts all the same.)"""
+    model.delta_scope shares it, or a method whose prefix is per user (TALLRec, zero-shot, CoLLM). Then a
+    user's rows go into one Ray batch. (A template that cannot be split is scored with full prompts all the
+    same.)"""
     if source.kind == "zero_shot":
         return True
     if source.kind != "checkpoint":
         return False
     model = pre["manifest"]["config"].get("model") or {}
     method = model.get("method", "cora")
-    return model.get("delta_scope", "all") != "all" or capabilities(method).text_only_prompt
+    return model.get("delta_scope", "all") != "all" or capabilities(method).prefix_per_user
 
 
 def _max_history(source: ScorerSource, pre: dict) -> int:

@@ -1,11 +1,11 @@
 """The per-user prefix cache (docs/deploy.md §9): a user's prompt-prefix keys/values, LRU under a byte budget.
 
-With a checkpoint whose `model.delta_scope` shares the prefix (user_prefix, suffix), or a text-only model
-(TALLRec, zero-shot), the ~150 tokens before the target title depend on the user and their history only. A
-replica keeps each user's computed prefix — the keys and values of every decoder layer and, for user_prefix,
-the user-only delta G_u (cora_ray/model/prefix.py `PrefixState.entry`) — so a user who comes back with new
-candidates runs only the suffixes. The key is (user, a digest of the history and prefix tokens); the cache carries the checkpoint's
-`version` and `reset(version)` empties it on reload: keys/values from another checkpoint are wrong, not
+With a checkpoint whose `model.delta_scope` shares the prefix (user_prefix, suffix), or a model whose prefix
+is per user (TALLRec, zero-shot, CoLLM), the ~150 tokens before the target title depend on the user and
+their history only. A replica keeps each user's computed prefix — the keys and values of every decoder layer
+and, for user_prefix, the user-only delta G_u (cora_ray/model/prefix.py `PrefixState.entry`) — so a user who
+comes back with new candidates runs only the suffixes. The key is (user, a digest of the history and prefix
+tokens); the cache carries the checkpoint's `version` and `reset(version)` empties it on reload: keys/values from another checkpoint are wrong, not
 stale, and `get` with another version never returns them.
 
 The byte count is the entries' exact tensor payload (`PrefixState.nbytes`); after every `put` it is ≤

@@ -486,9 +486,9 @@ class Scorer:
         the model generates G itself. `progress(k)` is called after each batch with its row count.
         `bucket=False` keeps the given order for batching (for measuring what bucketing saves).
 
-        A model whose prompt prefix is per user (`shares_prefix`: a shared delta_scope, TALLRec, zero-shot)
-        runs each (user, history) prefix once and only the suffixes per row (`share_prefix=False`: every row's
-        full prompt, the reference); `prefix_cache` keeps computed prefixes across calls (serving)."""
+        A model whose prompt prefix is per user (`shares_prefix`: a shared delta_scope, TALLRec, zero-shot,
+        CoLLM) runs each (user, history) prefix once and only the suffixes per row (`share_prefix=False`:
+        every row's full prompt, the reference); `prefix_cache` keeps computed prefixes across calls."""
         users = as_id_array(user_ids, "user_ids")
         items = as_id_array(item_ids, "item_ids")
         n = len(items)
@@ -547,7 +547,7 @@ class Scorer:
             if progress is not None:
                 progress(len(idx))
 
-    # -- prefix-shared path (model.delta_scope user_prefix / suffix; TALLRec, zero-shot) ----------------------
+    # -- prefix-shared path (model.delta_scope user_prefix / suffix; TALLRec, zero-shot, CoLLM) -----------
 
     def _score_shared(
         self,
@@ -563,7 +563,10 @@ class Scorer:
         from cora_ray.model.prefix import left_padded_tensors, split_rows
 
         tokens = self.encoder.token_rows(rows.hists, rows.items)
-        split = split_rows(tokens.ids, tokens.positions["suffix_pos"], rows.users, rows.hist_pad)
+        placeholders = {k: v for k, v in tokens.positions.items() if k != "suffix_pos"}  # CoLLM's
+        split = split_rows(
+            tokens.ids, tokens.positions["suffix_pos"], rows.users, rows.hist_pad, placeholders
+        )
         order = np.argsort(split.groups, kind="stable")  # rows of one prefix together, prefixes in order
         pad_id = int(self.encoder.tokenizer.pad_token_id)
         for g0 in range(0, len(split.prefixes), bs):
@@ -574,7 +577,16 @@ class Scorer:
             chunk = chunk[np.argsort([len(split.suffixes[j]) for j in chunk], kind="stable")]
             for start in range(0, len(chunk), bs):
                 idx = chunk[start : start + bs]
-                suffix = left_padded_tensors([split.suffixes[j] for j in idx], pad_id, self.device)
+                suffix = left_padded_tensors(
+                    [split.suffixes[j] for j in idx],
+                    pad_id,
+                    self.device,
+                    {k: v[idx] for k, v in split.suffix_positions.items()},
+                )
+                if self.model.needs_cf:  # the rows' CF inputs (CoLLM's item token; CoRA gets G instead)
+                    suffix["user_id"] = torch.as_tensor(rows.users[idx], device=self.device)
+                    suffix["item_id"] = torch.as_tensor(rows.items[idx], device=self.device)
+                    suffix["history"] = torch.from_numpy(rows.hist_pad[idx]).to(self.device)
                 local = torch.as_tensor(split.groups[idx] - g0, dtype=torch.long, device=self.device)
                 with torch.inference_mode():
                     g = self._row_G(rows, idx) if self.uses_collab_weights else None
@@ -600,7 +612,13 @@ class Scorer:
         if missing:
             first = split.first_row[[groups[j] for j in missing]]
             pad_id = int(self.encoder.tokenizer.pad_token_id)
-            prefix = left_padded_tensors([split.prefixes[groups[j]] for j in missing], pad_id, self.device)
+            computed = [groups[j] for j in missing]
+            prefix = left_padded_tensors(
+                [split.prefixes[g] for g in computed],
+                pad_id,
+                self.device,
+                {k: v[computed] for k, v in split.prefix_positions.items()},
+            )
             with torch.inference_mode():
                 state = self.model.encode_prefix(
                     prefix,
@@ -630,8 +648,8 @@ class Scorer:
     @property
     def shares_prefix(self) -> bool:
         """The prompt prefix depends on (user, history) only — model.delta_scope user_prefix / suffix, or a
-        text-only model (TALLRec, zero-shot) whose template puts the target title after the history — and
-        the encoder marks where each row's suffix starts: `score` runs each prefix once."""
+        model whose prefix is per user (TALLRec, zero-shot, CoLLM) whose template puts the target title after
+        the history — and the encoder marks where each row's suffix starts: `score` runs each prefix once."""
         return bool(self.model.shares_prefix) and bool(getattr(self.encoder, "split_suffix", False))
 
     @property
@@ -661,20 +679,23 @@ class Scorer:
 
 def _encoder(llm: Any, cfg: ExperimentConfig, titles: Sequence[str], model: Any) -> Any:
     """The checkpoint's prompt encoder. A shared-prefix delta scope tokenises prefix and suffix apart, as it
-    was trained; a text-only model (TALLRec, zero-shot) tokenises whole prompts, as it was trained, and is
-    split at the suffix's first token when its template allows a split at all (else: full prompts)."""
+    was trained; a model whose prefix is per user whatever its config (TALLRec, zero-shot, CoLLM) tokenises
+    whole prompts, as it was trained, and is split at the suffix's first token when its template allows a
+    split at all (else: full prompts)."""
     from cora_ray.data.prompts import PromptEncoder, PromptTemplate, split_problem
 
-    text_only = model.text_only_prompt and (
-        split_problem(llm.tokenizer, PromptTemplate(cfg.prompt), placeholders=False) is None
+    placeholders = model.needs_placeholders
+    whole = model.prefix_per_user and (
+        split_problem(llm.tokenizer, PromptTemplate(cfg.prompt, placeholders), placeholders, from_whole=True)
+        is None
     )
     return PromptEncoder(
         llm.tokenizer,
         cfg.prompt,
         list(titles),
-        collab_placeholders=model.needs_placeholders,
-        split_suffix=cfg.model.shares_prefix or text_only,
-        split_from_whole=text_only,
+        collab_placeholders=placeholders,
+        split_suffix=cfg.model.shares_prefix or whole,
+        split_from_whole=whole,
     )
 
 

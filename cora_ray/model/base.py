@@ -124,10 +124,10 @@ class RecModel(nn.Module):
     """The model takes per-row collaborative weights G (B, d_model, r): `compute_G`, `forward(batch, G=...)`."""
     trainable: bool = True
     """The method has parameters to train (False: zero-shot, evaluated as it is)."""
-    text_only_prompt: bool = False
-    """The prompt reaches the LLM as its text alone — no per-row delta, no placeholder embeddings (TALLRec,
-    zero-shot) — so every row's prompt prefix depends on (user, history) only and scoring may run it once per
-    user (`shares_prefix`) with exactly the full prompt's result."""
+    prefix_per_user: bool = False
+    """Whatever the config, every row's prompt prefix (before the target title) depends on (user, history)
+    only — no per-row delta (TALLRec, zero-shot), or a user token before the title and the item's after it
+    (CoLLM) — so scoring may run it once per user (`shares_prefix`) with exactly the full prompt's result."""
 
     def __init__(self, llm: LoadedLLM) -> None:
         super().__init__()
@@ -155,36 +155,48 @@ class RecModel(nn.Module):
     @property
     def shares_prefix(self) -> bool:
         """The prompt prefix (before the target title) depends on (user, history) only, so scoring computes
-        it once per user: `encode_prefix` + `score_suffix` (text-only methods; CoRA with model.delta_scope
+        it once per user: `encode_prefix` + `score_suffix` (`prefix_per_user` methods; CoRA with model.delta_scope
         user_prefix / suffix, which overrides this)."""
-        return self.text_only_prompt
+        return self.prefix_per_user
 
     @contextlib.contextmanager
     def full_prompt_pass(self) -> Iterator[None]:
         """Within the block `forward` runs every row's whole prompt (the reference the prefix-shared path is
-        checked against). A text-only model's forward always does; CoRA overrides this."""
+        checked against). A baseline's forward always does; CoRA overrides this."""
         yield
 
     def encode_prefix(
         self, prefix: Mapping[str, torch.Tensor], user_id: torch.Tensor, history: torch.Tensor | None
     ) -> PrefixState:
-        """Prefix tokens (input_ids, attention_mask (n, P), left-padded) of n (user, history) → their keys and
-        values at every layer through the LLM as it is (CoRA runs this under its user-only delta)."""
+        """Prefix tokens (input_ids, attention_mask (n, P), left-padded; user_pos for CoLLM) of n (user,
+        history) → their keys and values at every layer through the LLM as it is (CoRA runs this under its
+        user-only delta)."""
         mask = prefix["attention_mask"]
         out = self.lm.base_model(
-            input_ids=prefix["input_ids"],
+            **self.prefix_inputs(prefix, user_id, history),
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
             use_cache=True,
         )
         return PrefixState(kv_layers(out), mask, None)
 
+    def prefix_inputs(
+        self, prefix: Mapping[str, torch.Tensor], user_id: torch.Tensor, history: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """What the decoder reads for a prefix batch: its tokens (CoLLM: embeddings with the user's CF token)."""
+        return {"input_ids": prefix["input_ids"]}
+
+    def suffix_inputs(self, suffix: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the decoder reads for a suffix batch: its tokens (CoLLM: embeddings with the item's CF token)."""
+        return {"input_ids": suffix["input_ids"]}
+
     def score_suffix(
         self, prefix: PrefixState, suffix: Mapping[str, torch.Tensor], G: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(B,) scores of suffix rows (input_ids, attention_mask (B, S), left-padded) against their prefixes
-        (`prefix` row-aligned: B prefixes, e.g. `state.select(groups)`). `G`: only for a model with
-        collaborative weights (CoRA runs this under each row's G(u, i))."""
+        """(B,) scores of suffix rows (input_ids, attention_mask (B, S), left-padded; user_id, item_id, history
+        and item_pos for CoLLM) against their prefixes (`prefix` row-aligned: B prefixes, e.g.
+        `state.select(groups)`). `G`: only for a model with collaborative weights (CoRA runs this under each
+        row's G(u, i))."""
         if G is not None:
             raise ModelError(f"method {self.method!r} has no collaborative weights: G cannot be supplied")
         suffix_mask = suffix["attention_mask"]
@@ -194,7 +206,7 @@ class RecModel(nn.Module):
         cache = DynamicCache(ddp_cache_data=prefix.layers, config=self.lm.config)
         mask = torch.cat([prefix.attention_mask, suffix_mask], dim=1)  # (B, P + S)
         out = self.lm.base_model(
-            input_ids=suffix["input_ids"],
+            **self.suffix_inputs(suffix),
             attention_mask=mask,
             position_ids=lengths + position_ids_from_mask(suffix_mask),
             use_cache=True,

@@ -31,7 +31,7 @@ class ZeroShotModel(RecModel):
 
     method = "zero_shot"
     trainable = False
-    text_only_prompt = True
+    prefix_per_user = True
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         h = last_hidden_state(self.lm, batch["attention_mask"], input_ids=batch["input_ids"])  # (B, d)
@@ -44,7 +44,7 @@ class TALLRecModel(RecModel):
     The LLM is modified in place (targets become LoRALinear), so one LoadedLLM backs one model."""
 
     method = "tallrec"
-    text_only_prompt = True  # one LoRA for every row: a user's prompt prefix is the same for all candidates
+    prefix_per_user = True  # one LoRA for every row: a user's prompt prefix is the same for all candidates
 
     def __init__(self, llm: LoadedLLM, cfg: ModelConfig) -> None:
         super().__init__(llm)
@@ -82,6 +82,7 @@ class CoLLMModel(RecModel):
     method = "collm"
     needs_cf = True
     needs_placeholders = True
+    prefix_per_user = True  # the user's CF token lies before the target title, the item's after it
 
     def __init__(self, llm: LoadedLLM, cf: CFBackbone, cfg: ModelConfig) -> None:
         super().__init__(llm)
@@ -112,15 +113,38 @@ class CoLLMModel(RecModel):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
             e_u, e_i = self.cf.embed(batch["user_id"], batch["item_id"], batch.get("history"))  # (B, D) each
-        dtype = self.projector[0].weight.dtype
-        x_u, x_i = self.projector(e_u.to(dtype)), self.projector(e_i.to(dtype))  # (B, d_model) each
-        embeds = self.lm.get_input_embeddings()(batch["input_ids"])  # (B, T, d_model), frozen
-        rows = torch.arange(embeds.shape[0], device=embeds.device)
-        # index_put out of place: the placeholders' embeddings are replaced, the gradient reaches the MLP
-        embeds = embeds.index_put((rows, batch["user_pos"].to(embeds.device)), x_u.to(embeds.dtype))
-        embeds = embeds.index_put((rows, batch["item_pos"].to(embeds.device)), x_i.to(embeds.dtype))
+        embeds = self._with_cf_tokens(
+            batch["input_ids"], (batch["user_pos"], e_u), (batch["item_pos"], e_i)
+        )  # (B, T, d_model)
         h = last_hidden_state(self.lm, batch["attention_mask"], inputs_embeds=embeds)  # (B, d)
         return self.score_hidden(h)  # (B,)
+
+    def _with_cf_tokens(
+        self, input_ids: torch.Tensor, *placed: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """The token embeddings of `input_ids` (B, T), frozen, with MLP(e) written at position pos of each row
+        for every (pos (B,), e (B, D)) in `placed`."""
+        dtype = self.projector[0].weight.dtype
+        embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, d_model)
+        rows = torch.arange(embeds.shape[0], device=embeds.device)
+        for pos, e in placed:
+            x = self.projector(e.to(dtype))  # (B, d_model)
+            # index_put out of place: the placeholder's embedding is replaced, the gradient reaches the MLP
+            embeds = embeds.index_put((rows, pos.to(embeds.device)), x.to(embeds.dtype))
+        return embeds
+
+    # --- the shared prefix: the user's token in the prefix, the item's in the suffix ----------------------
+    def prefix_inputs(
+        self, prefix: Mapping[str, torch.Tensor], user_id: torch.Tensor, history: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            e_u, _ = self.cf.embed(user_id, torch.zeros_like(user_id), history)  # item 0 = padding
+        return {"inputs_embeds": self._with_cf_tokens(prefix["input_ids"], (prefix["user_pos"], e_u))}
+
+    def suffix_inputs(self, suffix: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            _, e_i = self.cf.embed(suffix["user_id"], suffix["item_id"], suffix.get("history"))
+        return {"inputs_embeds": self._with_cf_tokens(suffix["input_ids"], (suffix["item_pos"], e_i))}
 
     # --- checkpoint state: the MLP and the LoRA (frozen or not) ----------------------------------------------
     def _state_parameters(self) -> dict[str, nn.Parameter]:

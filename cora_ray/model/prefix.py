@@ -1,8 +1,9 @@
 """A shared prompt prefix: compute a user's prefix keys/values once, score many suffixes against them.
 
-With `model.delta_scope` user_prefix or suffix (docs/method.md §2.5), or a text-only model (TALLRec,
-zero-shot: `RecModel.text_only_prompt`), the tokens before the target title —
-the instruction and the user's history — see a delta that depends on the user alone (G_u) or none at all.
+With `model.delta_scope` user_prefix or suffix (docs/method.md §2.5), or a model whose prefix is per user
+(TALLRec, zero-shot, CoLLM: `RecModel.prefix_per_user`), the tokens before the target title — the
+instruction and the user's history — see a delta that depends on the user alone (G_u, CoLLM's user token)
+or none at all.
 Their keys and values are then the same for every candidate item of that user, so
 
     rows ──split_rows──▶ unique prefixes (one per user, history)      suffix tokens per row
@@ -105,12 +106,16 @@ class PrefixState:
 class SplitRows:
     """Rows split at their suffix: `prefixes` the unique prefix token lists, `groups` (n_rows,) the prefix of
     each row, `suffixes` each row's suffix tokens, `first_row` (n_prefixes,) a row of each prefix (its user
-    and history drive the prefix's delta)."""
+    and history drive the prefix's delta). Token positions the rows carried (CoLLM's user_pos, item_pos) land
+    where they point: `prefix_positions` {name: (n_prefixes,)} indices into the prefix, `suffix_positions`
+    {name: (n_rows,)} indices into the row's suffix."""
 
     prefixes: list[list[int]]
     groups: np.ndarray
     suffixes: list[list[int]]
     first_row: np.ndarray
+    prefix_positions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    suffix_positions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def split_rows(
@@ -118,8 +123,10 @@ def split_rows(
     suffix_pos: Sequence[int],
     user_ids: Sequence[int],
     histories: np.ndarray,
+    positions: dict[str, Sequence[int]] | None = None,
 ) -> SplitRows:
-    """Unpadded token rows + each row's suffix position → unique prefixes and per-row suffixes.
+    """Unpadded token rows + each row's suffix position → unique prefixes and per-row suffixes; `positions`
+    {name: (n_rows,) token indices} each lie in every row's prefix or in every row's suffix.
 
     Two rows share a prefix when their user, their (padded) history and their prefix tokens are equal: the
     user and history decide G_u (the CF vector of a sequence backbone is its history's encoding), the tokens
@@ -145,15 +152,35 @@ def split_rows(
             first.append(r)
         groups[r] = g
         suffixes.append([int(t) for t in row[at:]])
-    return SplitRows(prefixes, groups, suffixes, np.asarray(first, dtype=np.int64))
+    first_row = np.asarray(first, dtype=np.int64)
+    in_prefix: dict[str, np.ndarray] = {}
+    in_suffix: dict[str, np.ndarray] = {}
+    at_all = np.asarray(suffix_pos, dtype=np.int64)
+    for name, pos in (positions or {}).items():
+        pos = np.asarray(pos, dtype=np.int64)
+        before = pos < at_all
+        if before.all():
+            in_prefix[name] = pos[first_row]  # rows of one prefix share its tokens, so its positions
+        elif not before.any():
+            in_suffix[name] = pos - at_all
+        else:
+            raise ModelError(
+                f"{name} lies in the prefix of some rows and in the suffix of others (rows "
+                f"{np.flatnonzero(before)[:3].tolist()} vs {np.flatnonzero(~before)[:3].tolist()}): it cannot be "
+                "placed in a shared prefix"
+            )
+    return SplitRows(prefixes, groups, suffixes, first_row, in_prefix, in_suffix)
 
 
 def left_padded_tensors(
-    token_rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str
+    token_rows: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device | str,
+    positions: dict[str, Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Token rows → input_ids, attention_mask (n, T) left-padded to the longest row (`batching.left_pad`), as
-    tensors on `device`: a prefix batch or a suffix batch."""
-    return {k: torch.from_numpy(v).to(device) for k, v in left_pad(token_rows, pad_id).items()}
+    """Token rows → input_ids, attention_mask (n, T) left-padded to the longest row (`batching.left_pad`), and
+    each of `positions` shifted by its row's padding, as tensors on `device`: a prefix batch or a suffix batch."""
+    return {k: torch.from_numpy(v).to(device) for k, v in left_pad(token_rows, pad_id, positions).items()}
 
 
 def unpad_rows(batch_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:

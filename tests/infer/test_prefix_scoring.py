@@ -86,54 +86,62 @@ def test_supplied_G_is_used_for_the_suffix(scoped, tiny_artifacts):
     assert not np.allclose(zero, scoped.score(u[:8], i[:8], h[:8]), atol=1e-4)
 
 
-# ---- text-only methods: TALLRec and zero-shot share a user's prefix, with exactly their trained tokens ------
+# ---- prefixes per user whatever the config: TALLRec, zero-shot and CoLLM share them with their trained tokens --
 
 
-@pytest.fixture(scope="module", params=["tallrec", "zero_shot"])
-def text_only(request, tiny_artifacts, tmp_path_factory):
+@pytest.fixture(scope="module", params=["tallrec", "zero_shot", "collm", "collm_faithful"])
+def per_user(request, tiny_artifacts, tmp_path_factory):
     if request.param == "zero_shot":
         return Scorer.from_base_llm(tiny_artifacts.config("cora"), tiny_artifacts.data_uri, batch_size=5)
-    uri = str(tmp_path_factory.mktemp("ckpt") / "tallrec")
-    write_tiny_checkpoint(tiny_artifacts, uri, method="tallrec", seed=5)
+    uri = str(tmp_path_factory.mktemp("ckpt") / request.param)
+    method, _, variant = request.param.partition("_")
+    overrides = {"collm_variant": "faithful", "collm_freeze_lora": False} if variant else None
+    write_tiny_checkpoint(tiny_artifacts, uri, method=method, seed=5, model_overrides=overrides)
     return Scorer.from_checkpoint(uri, batch_size=5)
 
 
-def test_a_text_only_model_shares_prefixes_with_its_full_prompt_scores(text_only, tiny_artifacts):
+def test_a_per_user_prefix_model_shares_prefixes_with_its_full_prompt_scores(per_user, tiny_artifacts):
     u, i, h = rows(tiny_artifacts)
-    assert text_only.shares_prefix and text_only.encoder.split_from_whole
-    shared = text_only.score(u, i, h)
-    full = text_only.score(u, i, h, share_prefix=False)
+    assert per_user.shares_prefix and per_user.encoder.split_from_whole
+    shared = per_user.score(u, i, h)
+    full = per_user.score(u, i, h, share_prefix=False)
     np.testing.assert_allclose(shared, full, atol=1e-4)
     assert np.std(shared) > 0
     # a prefix cache works for it as for CoRA's shared scopes: a returning user hits it, same scores
-    cache = PrefixCache(max_bytes=64 << 20, version=text_only.cache_version)
-    np.testing.assert_allclose(text_only.score(u, i, h, prefix_cache=cache), full, atol=1e-4)
-    again = text_only.score(u[::-1], i[::-1], h[::-1], prefix_cache=cache)
+    cache = PrefixCache(max_bytes=64 << 20, version=per_user.cache_version)
+    np.testing.assert_allclose(per_user.score(u, i, h, prefix_cache=cache), full, atol=1e-4)
+    again = per_user.score(u[::-1], i[::-1], h[::-1], prefix_cache=cache)
     np.testing.assert_allclose(again, full[::-1], atol=1e-4)
     assert cache.stats().hits > 0
     with pytest.raises(ModelError, match="no collaborative weights"):
-        text_only.score(u[:2], i[:2], h[:2], G=torch.zeros(2, 4, 2))
+        per_user.score(u[:2], i[:2], h[:2], G=torch.zeros(2, 4, 2))
 
 
-def test_the_text_only_split_keeps_the_whole_prompts_tokens(text_only, tiny_artifacts):
+def test_the_whole_prompt_split_keeps_the_trained_tokens(per_user, tiny_artifacts):
     """The model was trained on whole prompts: the split marks a position in those tokens, it does not
-    tokenise the prefix and the suffix apart."""
+    tokenise the prefix and the suffix apart; CoLLM's user token lies in the prefix, its item token in the
+    suffix."""
     from cora_ray.data.prompts import PromptEncoder
 
     u, i, h = rows(tiny_artifacts)
-    split = text_only.encoder.token_rows(h, i)
-    whole = PromptEncoder(text_only.encoder.tokenizer, text_only.config.prompt, text_only.titles).token_rows(
-        h, i
-    )
+    tok, prompt, titles = per_user.encoder.tokenizer, per_user.config.prompt, per_user.titles
+    collab = per_user.model.needs_placeholders
+    split = per_user.encoder.token_rows(h, i)
+    whole = PromptEncoder(tok, prompt, titles, collab_placeholders=collab).token_rows(h, i)
     assert split.ids == whole.ids
+    at = np.asarray(split.positions["suffix_pos"])
+    assert ((at > 0) & (at < [len(r) for r in split.ids])).all()
+    if collab:
+        assert split.positions["user_pos"] == whole.positions["user_pos"]
+        assert split.positions["item_pos"] == whole.positions["item_pos"]
+        assert (np.asarray(split.positions["user_pos"]) < at).all()
+        assert (np.asarray(split.positions["item_pos"]) >= at).all()
+        return
     # where prefix and suffix tokenised apart give the same tokens (this tokenizer), the split is at the same
     # token as the shared-scope encoder's
-    parts = PromptEncoder(
-        text_only.encoder.tokenizer, text_only.config.prompt, text_only.titles, split_suffix=True
-    ).token_rows(h, i)
+    parts = PromptEncoder(tok, prompt, titles, split_suffix=True).token_rows(h, i)
     assert parts.ids == whole.ids
     assert split.positions["suffix_pos"] == parts.positions["suffix_pos"]
-    assert all(0 < p < len(ids) for ids, p in zip(split.ids, split.positions["suffix_pos"], strict=True))
 
 
 def test_a_text_only_template_that_cannot_be_split_scores_full_prompts(tiny_artifacts, tmp_path):

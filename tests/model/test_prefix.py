@@ -191,3 +191,25 @@ def test_user_zero_gets_no_prefix_delta_and_cold_users_follow_the_rule(tiny):
         assert norms[0] == 0 and norms[1] > 0
         assert (norms[2] == 0) == zero_cold
         llm = tiny_llm(seed=0)  # the collaborative layers were injected into the last one
+
+
+def test_placeholders_split_only_where_whole_prompts_are_split():
+    """CoLLM's placeholders are found through the whole prompt's offsets: tokenising prefix and suffix apart
+    is refused for them, the whole-prompt split places the user's before the suffix and the item's after."""
+    llm = tiny_llm(seed=0)
+    cfg = PromptConfig(max_history=5, max_prompt_tokens=192)
+    with pytest.raises(ConfigError, match="shared prefix"):
+        PromptEncoder(llm.tokenizer, cfg, TITLES, collab_placeholders=True, split_suffix=True)
+    enc = PromptEncoder(
+        llm.tokenizer, cfg, TITLES, collab_placeholders=True, split_suffix=True, split_from_whole=True
+    )
+    tokens = enc.token_rows([h for _, _, h in ROWS], [i for _, i, _ in ROWS])
+    at = np.asarray(tokens.positions["suffix_pos"])
+    assert (np.asarray(tokens.positions["user_pos"]) < at).all()
+    assert (np.asarray(tokens.positions["item_pos"]) >= at).all()
+    # a template with the item's placeholder before the target title cannot share a prefix
+    early = PromptConfig(template="{item} Would a user {user} who liked {history} enjoy {target}? Answer:")
+    with pytest.raises(ConfigError, match="shared prefix"):
+        PromptEncoder(
+            llm.tokenizer, early, TITLES, collab_placeholders=True, split_suffix=True, split_from_whole=True
+        )
