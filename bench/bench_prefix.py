@@ -4,6 +4,7 @@
     python bench/bench_prefix.py --candidates 40 --reps 2   # shorter
     python bench/bench_prefix.py --only recommend --template target_last   # the title-last prompt (config.py)
     python bench/bench_prefix.py --only recommend --max-history 10        # the paper's 10 liked titles
+    python bench/bench_prefix.py --only recommend --method tallrec        # a baseline: shared vs its full prompts
 
 Needs artifacts/ml-1m and artifacts/cf/mf (README quick start). The trained parts are random (speed does not
 depend on their values); the demo config's prompt (chat template, last 5 liked titles). Writes
@@ -49,10 +50,16 @@ from cora_ray.model.build import build_model  # noqa: E402
 from cora_ray.train.pipeline import prefix_group_keys  # noqa: E402
 
 
-def scorer_for(cfg: ExperimentConfig, scope: str, titles: list[str], cf, seed: int = 0) -> Scorer:
-    """A CoRA Scorer of `scope` over the bundled LLM with random trained parts (a fresh LLM per model: the
-    collaborative layers are injected in place)."""
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, delta_scope=scope))
+def scorer_for(
+    cfg: ExperimentConfig, scope: str, titles: list[str], cf, seed: int = 0, method: str = "cora"
+) -> Scorer:
+    """A Scorer of `method` (CoRA of `scope`) over the bundled LLM with random trained parts (a fresh LLM per
+    model: the collaborative / LoRA layers are injected in place)."""
+    cf = cf if method in ("cora", "collm") else None
+    model_cfg = dataclasses.replace(
+        cfg.model, method=method, delta_scope=scope, cf_artifact=cfg.model.cf_artifact if cf else None
+    )
+    cfg = dataclasses.replace(cfg, model=model_cfg)
     llm = load_llm(cfg.llm, device="cpu", dtype="float32")
     model = build_model(cfg.model, llm, cf)
     g = torch.Generator().manual_seed(seed)
@@ -88,11 +95,17 @@ def bench_recommend(args, shared: Scorer, full: Scorer, titles, data) -> dict:
     a = shared.score(users, items, hists)
     b = shared.score(users, items, hists, share_prefix=False)
     max_diff = float(np.abs(a - b).max())
+    baseline = full is None  # a baseline method: its own full prompts are the reference
+
+    def own_full_prompts() -> np.ndarray:
+        return shared.score(users, items, hists, share_prefix=False)
+
     fns = {
         "shared": lambda: shared.score(users, items, hists),
-        "full_all_scope": lambda: full.score(users, items, hists),
-        "full_user_prefix_masked": lambda: shared.score(users, items, hists, share_prefix=False),
+        "full_all_scope": own_full_prompts if baseline else (lambda: full.score(users, items, hists)),
     }
+    if not baseline:
+        fns["full_user_prefix_masked"] = own_full_prompts
     rows = shared.encoder.token_rows([np.asarray(hist)] * len(items), list(items))
     full_tokens = float(np.mean([len(r) for r in rows.ids]))
     prefix_tokens = float(np.mean(rows.positions["suffix_pos"]))
@@ -107,10 +120,12 @@ def bench_recommend(args, shared: Scorer, full: Scorer, titles, data) -> dict:
         f"recommend {len(items)}: rows/s {rate}; shared / full {ratio:.2f}x (token cap {token_cap:.2f}x); "
         f"max |shared-masked| {max_diff:.2e}"
     )
+    what = "user_prefix" if not baseline else shared.method
     return write_result(
         f"prefix_recommend_{args.candidates}"
         + (f"_{args.template}" if args.template else "")
-        + (f"_h{args.max_history}" if args.max_history else ""),
+        + (f"_h{args.max_history}" if args.max_history else "")
+        + (f"_{shared.method}" if baseline else ""),
         value=median(times["full_all_scope"]),
         baseline=median(times["shared"]),
         unit="s",
@@ -122,6 +137,7 @@ def bench_recommend(args, shared: Scorer, full: Scorer, titles, data) -> dict:
             "reps": args.reps,
             "template": args.template or "config",
             "max_history": args.max_history or "config",
+            "method": shared.method,
             "tokens_per_row": {
                 "full": round(full_tokens, 1),
                 "prefix": round(prefix_tokens, 1),
@@ -131,11 +147,17 @@ def bench_recommend(args, shared: Scorer, full: Scorer, titles, data) -> dict:
             "load_average": [round(load0, 2), round(load_average(), 2)],
         },
         title=f"One user's {len(items)} candidates: per-row full prompts vs a shared prefix (bundled SmolLM2, CPU)",
-        value_label="full prompts, scope all (s)",
-        baseline_label="user_prefix, prefix once + suffixes (s)",
+        value_label="full prompts, scope all (s)" if not baseline else f"{what}, full prompts (s)",
+        baseline_label=f"{what}, prefix once + suffixes (s)",
         notes=(
-            f"rows/s: shared {rate['shared']:.2f}, full prompts (all) {rate['full_all_scope']:.2f}, full prompts "
-            f"(user_prefix, masked) {rate['full_user_prefix_masked']:.2f}. Speed-up (ratio) {ratio:.2f}x; goal "
+            f"rows/s: shared {rate['shared']:.2f}, full prompts ({'all' if not baseline else what}) "
+            f"{rate['full_all_scope']:.2f}"
+            + (
+                f", full prompts (user_prefix, masked) {rate['full_user_prefix_masked']:.2f}"
+                if not baseline
+                else ""
+            )
+            + f". Speed-up (ratio) {ratio:.2f}x; goal "
             f">= 4x; token arithmetic caps it at {token_cap:.2f}x ({full_tokens:.0f} tokens per full prompt vs "
             f"{suffix_tokens:.0f} suffix + {prefix_tokens:.0f} prefix once). Shared vs masked full-prompt scores of the same model: max |diff| {max_diff:.2e}."
         ),
@@ -361,6 +383,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-batches", type=int, default=12, help="micro-batches timed per rep (train_order)")
     ap.add_argument("--only", choices=["recommend", "cache", "train", "train_order"], default=None)
     ap.add_argument(
+        "--method",
+        choices=["cora", "tallrec", "collm"],
+        default="cora",
+        help="recommend only: a baseline's prefix-shared scoring against its own full prompts (tags the name)",
+    )
+    ap.add_argument(
         "--template",
         default=None,
         help="prompt.template override (a NAMED_TEMPLATES name); tags the result name",
@@ -381,6 +409,11 @@ def main(argv: list[str] | None = None) -> None:
     data = cfg.data.uri
     titles = protocol.titles_by_id(protocol.read_items(data))
     cf = load_cf_artifact(cfg.model.cf_artifact)
+    if args.method != "cora":
+        if args.only != "recommend":
+            ap.error("--method tallrec / collm measures --only recommend")
+        bench_recommend(args, scorer_for(cfg, "all", titles, cf, method=args.method), None, titles, data)
+        return
     if args.only in (None, "recommend", "cache"):
         shared = scorer_for(cfg, "user_prefix", titles, cf)
         if args.only in (None, "recommend"):
