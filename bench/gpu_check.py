@@ -116,9 +116,8 @@ def main(argv: list[str]) -> int:
     from cora_ray.llm.hashing import model_weight_hash
     from cora_ray.model.base import last_hidden_state
     from cora_ray.model.build import build_model
-    from cora_ray.train.deepspeed_config import build_optimizer, deepspeed_config
+    from cora_ray.train.deepspeed_config import build_optimizer, deepspeed_config, register_external_params
     from cora_ray.train.pipeline import collate_left_padded, row_keys
-    from cora_ray.train.recipe import register_external_params
     from cora_ray.train.schedule import WarmupCosineSchedule
     from cora_ray.train.state import gathered_trainable_state
     from cora_ray.train.validation import validate

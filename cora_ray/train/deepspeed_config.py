@@ -143,6 +143,17 @@ def disable_hidden_compiles() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
+def register_external_params(model: Any) -> None:
+    """ZeRO-3: parameters read outside their own module's forward must be gathered for the model's forward —
+    the LM head row used for the score (read directly, docs/architecture.md §5.2) and the CF tables (read by
+    `embed`). Call after `disable_hidden_compiles` (DeepSpeed picks its accelerator at import)."""
+    import deepspeed  # imported late on purpose: DS_ACCELERATOR must be set first (docs/platform_notes.md)
+
+    for m in (model.lm.get_output_embeddings(), getattr(model, "cf", None)):
+        for p in m.parameters() if m is not None else ():
+            deepspeed.zero.register_external_parameter(model, p)
+
+
 def parameter_dtypes(model: nn.Module, *, trainable: bool) -> list[str]:
     """The distinct dtypes (e.g. ["torch.bfloat16"]) of the model's trainable or frozen parameters."""
     return sorted({str(p.dtype) for p in model.parameters() if p.requires_grad == trainable})

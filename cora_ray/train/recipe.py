@@ -56,6 +56,7 @@ from cora_ray.train.deepspeed_config import (
     deepspeed_config,
     disable_hidden_compiles,
     parameter_dtypes,
+    register_external_params,
     resolve_precision,
     torch_dtype,
 )
@@ -89,17 +90,6 @@ def setup_process(cfg: ExperimentConfig) -> None:
 
 def _frozen_ids(*modules: Any) -> set[int]:
     return {id(p) for m in modules if m is not None for p in m.parameters()}
-
-
-def register_external_params(model: Any) -> None:
-    """ZeRO-3: parameters read outside their own module's forward must be gathered for the model's forward —
-    the LM head row used for the score (read directly, docs/architecture.md §5.2) and the CF tables (read by
-    `embed`)."""
-    import deepspeed  # after setup_process: DeepSpeed picks its accelerator at import (docs/platform_notes.md)
-
-    for m in (model.lm.get_output_embeddings(), getattr(model, "cf", None)):
-        for p in m.parameters() if m is not None else ():
-            deepspeed.zero.register_external_parameter(model, p)
 
 
 def _all_reduce_mean(value: torch.Tensor) -> float:
