@@ -13,6 +13,7 @@
 #      bash bench/gpu_check.sh            # -> $OUT/gpu_check.json (or bench/results/gpu_check.json)
 #
 # With several GPUs it runs one process per GPU under torchrun, so ZeRO-3 really partitions the LLM.
+# bench/gpu_ml1m.sh is its companion on real data: real ML-1M and the real bundled SmolLM2 (curve, bf16/fp32 parity).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
