@@ -473,6 +473,7 @@ def test_shipped_cpu_config_trains_every_llm_row_with_one_protocol(monkeypatch):
     assert train_command_config(seeded["CoRA-SASRec"].for_seed(42).produce[0]) == want
     assert seeded["CoRA-SASRec"].for_seed(42).uri == "runs/ml1m_cpu/cora_sasrec_s42"
     assert [list(p) for p in cfg.differences] == [
+        ["CoRA-MF", "CoLLM-MF (faithful)"],
         ["CoRA-MF", "CoLLM-MF"],
         ["CoRA-MF", "SASRec"],
         ["CoRA-MF", "MF"],
