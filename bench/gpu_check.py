@@ -111,13 +111,14 @@ def main(argv: list[str]) -> int:
     from cora_ray.cf.models import MF
     from cora_ray.config import ExperimentConfig, load_config
     from cora_ray.data import protocol
+    from cora_ray.data.batching import table_batch
     from cora_ray.data.prompts import PromptEncoder
     from cora_ray.data.synthetic import prepare_synthetic
     from cora_ray.llm.hashing import model_weight_hash
     from cora_ray.model.base import last_hidden_state
     from cora_ray.model.build import build_model
     from cora_ray.train.deepspeed_config import build_optimizer, deepspeed_config, register_external_params
-    from cora_ray.train.pipeline import collate_left_padded, row_keys
+    from cora_ray.train.pipeline import row_keys
     from cora_ray.train.schedule import WarmupCosineSchedule
     from cora_ray.train.state import gathered_trainable_state
     from cora_ray.train.validation import validate
@@ -147,15 +148,7 @@ def main(argv: list[str]) -> int:
     valid = protocol.read_split(str(data_dir), "valid_small").slice(0, 64 * world)
 
     def batch_of(table, idx):
-        rows = {
-            "user_id": table["user_id"].to_numpy()[idx],
-            "item_id": table["item_id"].to_numpy()[idx],
-            "label": table["label"].to_numpy()[idx],
-            "history": [table["history"][int(i)].as_py() for i in idx],
-        }
-        return {
-            k: v.to(device) for k, v in collate_left_padded(enc(rows), llm.tokenizer.pad_token_id).items()
-        }
+        return {k: v.to(device) for k, v in table_batch(enc, table, idx).items()}
 
     with torch.no_grad():  # a "Yes"-biased head: logit(Yes) - logit(No) ~ +3, which training must undo
         b = batch_of(train, np.arange(32))
@@ -181,14 +174,7 @@ def main(argv: list[str]) -> int:
         model=model,
         optimizer=optimizer,
         config=deepspeed_config(t, world_size=world, precision=precision),
-        lr_scheduler=lambda o: WarmupCosineSchedule(
-            o,
-            lr=t.lr,
-            warmup_steps=t.warmup_steps,
-            warmup_start_lr=t.warmup_start_lr,
-            min_lr=t.min_lr,
-            max_steps=t.max_steps,
-        ),
+        lr_scheduler=lambda o: WarmupCosineSchedule.for_train(o, t),
     )
     setup_s = time.perf_counter() - t_start
 

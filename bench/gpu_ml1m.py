@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
     from cora_ray.cf import load_cf_artifact
     from cora_ray.config import ExperimentConfig, load_config
     from cora_ray.data import protocol
-    from cora_ray.data.batching import collate, encode_rows
+    from cora_ray.data.batching import table_batch
     from cora_ray.data.prompts import PromptEncoder
     from cora_ray.eval.metrics import auc_uauc
     from cora_ray.infer.scorer import Scorer
@@ -240,13 +240,6 @@ def main(argv: list[str]) -> int:
     check_precision(model, llm_dtype, when="model built")
     optimizer = build_optimizer(model, t, frozen)
     zero = t.effective_zero_stage(world)
-    schedule = dict(
-        lr=t.lr,
-        warmup_steps=t.warmup_steps,
-        warmup_start_lr=t.warmup_start_lr,
-        min_lr=t.min_lr,
-        max_steps=t.max_steps,
-    )
     if args.engine == "deepspeed":
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         import deepspeed
@@ -258,13 +251,13 @@ def main(argv: list[str]) -> int:
             model=model,
             optimizer=optimizer,
             config=deepspeed_config(t, world_size=world, precision=precision),
-            lr_scheduler=lambda o: WarmupCosineSchedule(o, **schedule),
+            lr_scheduler=lambda o: WarmupCosineSchedule.for_train(o, t),
         )
         backward, opt_step = engine.backward, engine.step
         if world == 1 and zero == 0:
             engine.enable_backward_allreduce = False
     else:  # plain PyTorch, the same optimizer, schedule and clipping (when DeepSpeed cannot be imported there)
-        zero, engine, sched = 0, model, WarmupCosineSchedule(optimizer, **schedule)
+        zero, engine, sched = 0, model, WarmupCosineSchedule.for_train(optimizer, t)
         clipped = [q for q in model.parameters() if q.requires_grad]
 
         def backward(loss):
@@ -285,18 +278,9 @@ def main(argv: list[str]) -> int:
         collab_placeholders=model.needs_placeholders,
         split_suffix=cfg.model.shares_prefix,
     )
-    pad = llm.tokenizer.pad_token_id
 
     def to_batch(table, idx) -> dict:
-        rows = {
-            "user_id": table["user_id"].to_numpy()[idx],
-            "item_id": table["item_id"].to_numpy()[idx],
-            "label": table["label"].to_numpy()[idx],
-            "history": [table["history"][int(i)].as_py() for i in idx],
-        }
-        return {
-            k: v.to(device, non_blocking=True) for k, v in collate(encode_rows(encoder, rows), pad).items()
-        }
+        return {k: v.to(device, non_blocking=True) for k, v in table_batch(encoder, table, idx).items()}
 
     train = protocol.read_split(args.data, "train")
     valid_all = protocol.read_split(args.data, "valid_small")

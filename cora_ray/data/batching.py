@@ -203,6 +203,19 @@ def model_batch(
     return collate(encode_rows(encoder, rows), encoder.tokenizer.pad_token_id)
 
 
+def table_batch(encoder: PromptEncoder, table: pa.Table, idx: Any) -> dict[str, torch.Tensor]:
+    """Rows `idx` of a protocol split table (user_id, item_id, label, history) → one labelled model batch on
+    CPU: `collate(encode_rows(...))`, as the training ingest builds it (for the scripts that train without Ray)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    rows = {
+        "user_id": table["user_id"].to_numpy()[idx],
+        "item_id": table["item_id"].to_numpy()[idx],
+        "label": table["label"].to_numpy()[idx],
+        "history": [table["history"][int(i)].as_py() for i in idx],
+    }
+    return collate(encode_rows(encoder, rows), encoder.tokenizer.pad_token_id)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # length bucketing
 # ---------------------------------------------------------------------------------------------------------

@@ -217,19 +217,11 @@ class CoRATrainingRecipe:
         self.trainable_numel = sum(p.numel() for p in self.model.trainable_parameters() if p.requires_grad)
         if self.zero_stage == 3:
             register_external_params(self.model)
-        sched = dict(
-            lr=t.lr,
-            warmup_steps=t.warmup_steps,
-            warmup_start_lr=t.warmup_start_lr,
-            min_lr=t.min_lr,
-            max_steps=t.max_steps,
-            last_step=self.state.step,
-        )
         self.engine, self.ds_optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.model,
             optimizer=optimizer,
             config=deepspeed_config(t, world_size=self.world, precision=self.precision),
-            lr_scheduler=lambda opt: WarmupCosineSchedule(opt, **sched),
+            lr_scheduler=lambda opt: WarmupCosineSchedule.for_train(opt, t, last_step=self.state.step),
         )
         check_precision(self.model, self.llm_dtype, when="after deepspeed.initialize")
         if self.world == 1 and self.zero_stage == 0:

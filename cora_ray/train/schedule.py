@@ -55,6 +55,19 @@ class WarmupCosineSchedule:
         self.last_step = last_step
         self._apply()
 
+    @classmethod
+    def for_train(cls, optimizer: Any, train: Any, last_step: int = 0) -> WarmupCosineSchedule:
+        """The schedule a `TrainConfig` describes (lr, warm-up, min_lr, max_steps), resumed at `last_step`."""
+        return cls(
+            optimizer,
+            lr=train.lr,
+            warmup_steps=train.warmup_steps,
+            warmup_start_lr=train.warmup_start_lr,
+            min_lr=train.min_lr,
+            max_steps=train.max_steps,
+            last_step=last_step,
+        )
+
     def lr(self, step: int | None = None) -> float:
         return lr_at(self.last_step if step is None else step, **self.params)
 

@@ -21,6 +21,7 @@ from cora_ray.data.batching import (
     length_order,
     pad_histories,
     prompt_lengths,
+    table_batch,
     title_char_costs,
     to_arrow,
 )
@@ -94,6 +95,22 @@ def test_the_train_path_and_the_scorer_path_build_identical_batches(tokenizer, p
     assert np.array_equal(
         enc.encode(ROWS["history"], ROWS["item_id"])["input_ids"], scored["input_ids"].numpy()
     )
+
+
+def test_table_batch_is_the_ingest_batch_of_the_chosen_rows(tokenizer):
+    """The Ray-free scripts' batches (rows of a split table) equal the training ingest's for the same rows."""
+    enc = PromptEncoder(tokenizer, PromptConfig(max_prompt_tokens=200), TITLES)
+    table = pa.table(
+        {k: (pa.array(v, type=pa.list_(pa.int64())) if k == "history" else v) for k, v in ROWS.items()}
+    )
+    idx = np.array([2, 0, 3])
+    got = table_batch(enc, table, idx)
+    picked = {k: (np.asarray(v)[idx] if k != "history" else [v[i] for i in idx]) for k, v in ROWS.items()}
+    want = collate(encode_rows(enc, picked), tokenizer.pad_token_id)
+    assert set(got) == set(want) and "label" in got
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    assert got["user_id"].tolist() == [7, 5, 8]
 
 
 def test_left_pad_shifts_positions_by_each_rows_padding():

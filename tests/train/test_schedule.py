@@ -46,3 +46,14 @@ def test_scheduler_sets_param_groups_and_resumes_on_the_same_curve():
     other.load_state_dict(state)
     assert other.lr() == pytest.approx(sched.lr())
     assert math.isfinite(other.lr())
+
+
+def test_for_train_reads_the_schedule_from_a_train_config():
+    from cora_ray.config import TrainConfig
+
+    train = TrainConfig(lr=2e-3, warmup_steps=10, warmup_start_lr=1e-4, min_lr=5e-5, max_steps=100)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    sched = WarmupCosineSchedule.for_train(opt, train, last_step=40)
+    want = dict(lr=2e-3, warmup_steps=10, warmup_start_lr=1e-4, min_lr=5e-5, max_steps=100)
+    assert sched.params == want and sched.last_step == 40
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(40, **want))
