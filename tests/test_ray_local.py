@@ -42,9 +42,13 @@ def test_worker_pids_match_the_raylet_exactly(tmp_path):
 def test_a_worker_still_alive_after_the_grace_period_is_killed_and_reported():
     env = {**os.environ, "RAY_RAYLET_PID": str(FAKE_RAYLET)}
     hung = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env)
-    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"], env=env)
+    # `quick` exits when its stdin closes: a fixed sleep raced the listing below on a loaded machine
+    quick = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], env=env, stdin=subprocess.PIPE
+    )
     try:
         assert sorted(ray_local.worker_pids(FAKE_RAYLET)) == sorted([hung.pid, quick.pid])
+        quick.stdin.close()
         quick.wait(timeout=30)  # exits on its own within the grace period (reaped so it is no zombie)
         logs: list[str] = []
         killed = ray_local.reap_workers(FAKE_RAYLET, grace_s=1.0, log=logs.append)
