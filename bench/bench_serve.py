@@ -124,7 +124,7 @@ def run_load(base: str, clients: int, seconds: float, make_request, warmup: floa
 
 
 async def _handle_load(jobs: list[Any], clients: int, seconds: float, warmup: float) -> dict[str, Any]:
-    """Closed-loop calls straight to the scorer deployment (no HTTP, no ingress): what @serve.batch changes."""
+    """Closed-loop calls straight to the scorer deployment (no HTTP, no ingress): what dynamic batching changes."""
     from ray import serve
 
     handle = serve.get_deployment_handle("CoRAScorer", app_name=harness.APP)
@@ -488,19 +488,27 @@ def run_admission(checkpoint: str, seconds: float, offline_rows: int) -> int:
         client_niceness = os.nice(max(0, CLIENT_NICENESS - os.nice(0)))  # this (client) thread from here on
         for clients in ADMISSION_CLIENTS:
             la = os.getloadavg()
-            before = harness.request(base, "GET", "/v1/model")[1]["serving"]
+            info_before = harness.request(base, "GET", "/v1/model")[1]
+            before = info_before["serving"]
             recs = asyncio.run(
                 _admission_load(base, clients, seconds, 5.0, make_request, request_timeout_s + 30)
             )
             summary = summarize_admission(recs, seconds, request_timeout_s)
             summary["load_average_during"] = [la, os.getloadavg()]
-            after = harness.request(base, "GET", "/v1/model")[1]["serving"]
+            info_after = harness.request(base, "GET", "/v1/model")[1]
+            after = info_after["serving"]
             summary["replica"] = after
             busy = after["batch_busy_s"] - before["batch_busy_s"]
             wall = after["uptime_s"] - before["uptime_s"]
             rows_done = after["admitted_rows"] - before["admitted_rows"] - after["queued_rows"]
             summary["replica_busy_fraction"] = busy / wall  # time in batches / time, over the whole run
             summary["replica_rows_per_busy_s"] = rows_done / busy if busy else None
+            # how full the batches and forward chunks were (max_batch_rows, max_rows_per_forward bound them)
+            batches = info_after["batches"] - info_before["batches"]
+            forwards = info_after["forwards"] - info_before["forwards"]
+            summary["batches"], summary["forwards"] = batches, forwards
+            summary["rows_per_batch"] = rows_done / batches if batches else None
+            summary["rows_per_forward"] = rows_done / forwards if forwards else None
             # the accepted rate: rows the replica answered over the run's wall time (load start to drained);
             # the client-side count over the fixed window (answers come a batch at a time: +- one batch) beside
             summary["accepted_rows_per_s"] = rows_done / wall
@@ -633,7 +641,7 @@ CHUNKINGS = (8, 10, 20)  # max_rows_per_forward for a 20-row batch: 8 + 8 + 4, 1
 
 
 def run_chunking(checkpoint: str, rounds: int) -> int:
-    """Rows/s of `ScoringEngine.score_jobs` (what a replica runs per @serve.batch call) on 20-row batches of four
+    """Rows/s of `ScoringEngine.score_jobs` (what a replica runs per batch) on 20-row batches of four
     5-item requests, for each max_rows_per_forward in CHUNKINGS, rounds interleaved in this process on one
     thread; writes bench/results/serve_chunking.{json,md} (value: chunks of 10, baseline: chunks of 8)."""
     import torch

@@ -7,8 +7,9 @@
 Two deployments, wiring only (the rules live in cora_ray.infer.service, the model in cora_ray.infer):
 - `CoRAIngress` validates requests (pydantic models, size limits), maps raw ids to int ids and histories
   (`Catalog`), and calls the scorer; OpenAPI docs at /docs.
-- `CoRAScorer` holds a `ScoringEngine` (Scorer + G cache). `@serve.batch` gathers jobs of different
-  users into one batch; the engine splits candidate lists into rows and runs one forward per chunk.
+- `CoRAScorer` holds a `ScoringEngine` (Scorer + G cache). A `RowBatcher` gathers jobs of different
+  users into one batch of at most `max_batch_rows` rows, cut when the previous batch has finished; the
+  engine splits candidate lists into rows and runs one forward per chunk.
   Its `user_config` (ScorerOptions) is the one place that names the checkpoint (`checkpoint_uri`) and sets
   batch size / wait / rows per forward / cache budget / the admission bound; a new `checkpoint_uri` is a
   reload in place (trainable tensors only, cora_ray/infer/reload.py), no restart.
@@ -49,6 +50,7 @@ from cora_ray.config import from_dict
 from cora_ray.errors import ConfigError, CoraError
 from cora_ray.infer.admission import Overloaded, RowAdmission
 from cora_ray.infer.catalogue import CatalogueQuery, CatalogueRetriever, Retrieval, check_k, rerank
+from cora_ray.infer.row_batcher import RowBatcher
 from cora_ray.infer.service import (
     Catalog,
     CatalogueTiming,
@@ -258,9 +260,13 @@ class _ReplicaMetrics:
         self.memory.set(device_memory_bytes(engine.adapter.scorer)[0], tags=self.tags)
 
 
+def _rows_of_job(job: ScoreJob) -> int:
+    """A job's size in rows (its candidate items); a batch holds at most max_batch_rows of them."""
+    return len(job.item_ids)
+
+
 def _rows_of(jobs: list[ScoreJob]) -> int:
-    """The size of a @serve.batch batch in rows (max_batch_rows bounds it)."""
-    return sum(len(j.item_ids) for j in jobs)
+    return sum(_rows_of_job(j) for j in jobs)
 
 
 @serve.deployment(
@@ -295,6 +301,11 @@ class CoRAScorer:
         self._reload_error: str | None = None
         self._metrics = _ReplicaMetrics()
         self.admission = RowAdmission(ScorerOptions().max_queued_rows)
+        # batches in rows, each cut when the previous one has finished (cora_ray/infer/row_batcher.py)
+        defaults = ScorerOptions()
+        self._batcher = RowBatcher(
+            self._run_batch, _rows_of_job, defaults.max_batch_rows, defaults.batch_wait_timeout_s
+        )
         self._retriever = CatalogueRetriever(endpoint)  # the dataset's seen items: built once, on first use
 
     def _options(self, user_config: dict, defaults: ScorerOptions | None) -> ScorerOptions:
@@ -312,8 +323,7 @@ class CoRAScorer:
         assert self.engine is not None
         self.engine.set_options(options)
         self.admission.resize(options.max_queued_rows)
-        self._batched.set_max_batch_size(options.max_batch_rows)  # in rows: batch_size_fn=_rows_of
-        self._batched.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+        self._batcher.configure(options.max_batch_rows, options.batch_wait_timeout_s)
 
     async def reconfigure(self, user_config: dict) -> None:
         """The user_config (ScorerOptions): the first call loads its checkpoint; later ones apply options in
@@ -378,12 +388,11 @@ class CoRAScorer:
             )
         self.admission.admit(rows)  # Overloaded (→ 503 + Retry-After) before any waiting
         try:
-            return await self._batched(job)
+            return await self._batcher.submit(job)
         finally:
             self.admission.release(rows)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_rows_of)
-    async def _batched(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
+    async def _run_batch(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
         # the forward passes run off the event loop so health checks and new requests are not blocked
         self.admission.batch_begin(_rows_of(jobs))
         try:

@@ -9,7 +9,7 @@ derivation (docs/deploy.md §6 writes it out; tests/serve/test_configs.py recomp
 from it):
 
     max_queued_rows        Q = floor(R · T)              rows accepted per replica (the admission bound)
-    max_batch_rows         B = max(1, floor(Q / 2))      rows per @serve.batch call: while one batch
+    max_batch_rows         B = max(1, floor(Q / 2))      rows per batch (RowBatcher): while one batch
                                                          computes, the next waits fully admitted (no idle
                                                          gap between batches)
     max_items              = B                           a request fits one batch

@@ -102,7 +102,7 @@ class ScorerOptions:
     """
 
     checkpoint_uri: str | None = None
-    max_batch_rows: int = 32  # rows per @serve.batch call (requests gathered until their rows reach it)
+    max_batch_rows: int = 32  # rows per batch (requests gathered until their rows reach it: RowBatcher)
     batch_wait_timeout_s: float = 0.01  # how long a batch waits to fill
     max_rows_per_forward: int = 64  # rows (user, item) per forward pass; a batch is split into chunks of this
     cache_bytes: int = DEFAULT_CACHE_BYTES
