@@ -30,6 +30,11 @@ load). Results: serve_admission.json + .md, with the machine's load average.
 how much of that comparison is length bucketing: the offline reference's rows scored in one call (sorted by
 length across all of them, then chunks of max_rows_per_forward), in 20-row groups (a replica's batch), and
 through the replica's own ScoringEngine per batch, one thread, rounds round-robin (bench/common.py) → serve_bucket_scope.
+
+    python bench/bench_serve.py --scoring-thread --checkpoint <the same checkpoint> --rounds 3
+
+a replica's batches on the main thread against `asyncio.to_thread` (where a replica runs them), each
+MALLOC_ARENA_MAX setting in a fresh process → serve_scoring_thread.
 """
 
 from __future__ import annotations
@@ -499,9 +504,12 @@ def run_admission(checkpoint: str, seconds: float, offline_rows: int) -> int:
             after = info_after["serving"]
             summary["replica"] = after
             busy = after["batch_busy_s"] - before["batch_busy_s"]
-            wall = after["uptime_s"] - before["uptime_s"]
+            # load start to the end of the last batch: after the window, clients refused with a Retry-After
+            # sleep it out before they stop, and the drained replica's wait for them is not serving time
+            wall = after["last_batch_end_s"] - before["uptime_s"]
+            summary["wall_to_snapshot_s"] = after["uptime_s"] - before["uptime_s"]
             rows_done = after["admitted_rows"] - before["admitted_rows"] - after["queued_rows"]
-            summary["replica_busy_fraction"] = busy / wall  # time in batches / time, over the whole run
+            summary["replica_busy_fraction"] = busy / wall  # time in batches / time, load start to last batch
             summary["replica_rows_per_busy_s"] = rows_done / busy if busy else None
             # how full the batches and forward chunks were (max_batch_rows, max_rows_per_forward bound them)
             batches = info_after["batches"] - info_before["batches"]
@@ -509,9 +517,11 @@ def run_admission(checkpoint: str, seconds: float, offline_rows: int) -> int:
             summary["batches"], summary["forwards"] = batches, forwards
             summary["rows_per_batch"] = rows_done / batches if batches else None
             summary["rows_per_forward"] = rows_done / forwards if forwards else None
-            # the accepted rate: rows the replica answered over the run's wall time (load start to drained);
+            # the accepted rate: rows the replica answered over the run's wall time (load start to drained,
+            # i.e. to its last batch's end; the rate to the after-snapshot is kept beside it);
             # the client-side count over the fixed window (answers come a batch at a time: +- one batch) beside
             summary["accepted_rows_per_s"] = rows_done / wall
+            summary["accepted_rows_per_s_to_snapshot"] = rows_done / summary["wall_to_snapshot_s"]
             summary["run_wall_s"] = wall
             runs[f"c{clients}"] = summary
             print(
@@ -584,7 +594,7 @@ def admission_markdown(record: dict) -> str:
         f"max_items {cfg['limits']['max_items']}, max_batch_rows {cfg['user_config']['max_batch_rows']}, "
         f"max_rows_per_forward {cfg['user_config']['max_rows_per_forward']}, request_timeout_s "
         f"{cfg['request_timeout_s']:g}, one scorer replica on {cfg['scorer_num_cpus']} CPU. Checkpoint: "
-        f"{record['checkpoint']['base_llm']} (a jobs/train.py demo run). Request: {record['request']}; "
+        f"{record['checkpoint']['base_llm']} (a jobs/train.py CoRA checkpoint, step {record['checkpoint']['step']}). Request: {record['request']}; "
         f"{record['seconds_per_run']:g} s per run; clients wait Retry-After after a 503. The clients run in "
         f"the benchmark's process at niceness {record.get('client_niceness', 0)}, as Ray runs Serve's processes "
         "(15): on this 2-core machine they compete with the scorer as equals, not ahead of it.",
@@ -606,8 +616,10 @@ def admission_markdown(record: dict) -> str:
         )
     lines += [
         "",
-        "Accepted rows/s: rows the scorer replica answered over the run's wall time (load start to drained, its"
-        " counters in /v1/model); beside it the clients' count of rows in 200 answers that ended in the fixed"
+        "Accepted rows/s: rows the scorer replica answered over the run's wall time (load start to the end of its"
+        " last batch, its counters in /v1/model; clients refused near the window's end sleep out their"
+        " Retry-After before they stop, and that idle tail is left out; the rate to the after-snapshot is"
+        " accepted_rows_per_s_to_snapshot in the JSON); beside it the clients' count of rows in 200 answers that ended in the fixed"
         " window / its length (answers come a batch at a time, so that count is off by up to one batch).",
         "Replica busy: the share of the run's wall time the scorer replica spent inside batches; rows per busy s:"
         " the replica's rate while busy (what the 0.9 × offline target compares against its share of a CPU"
@@ -781,6 +793,114 @@ def run_bucket_scope(checkpoint: str, rounds: int) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------
+# --scoring-thread: a replica's batch on the main thread vs in asyncio.to_thread, with and without one arena
+# ---------------------------------------------------------------------------------------------------------
+
+ARENA_SETTINGS = (None, "1")  # MALLOC_ARENA_MAX unset (glibc: 8 x cores arenas), then 1 (serve.local.config)
+
+
+def _thread_rates(checkpoint: str, rounds: int) -> dict[str, float]:
+    """In this process (one torch thread): rows/s of ScoringEngine.score_jobs on --admission's first 60 rows in
+    20-row batches, called on the main thread and through asyncio.to_thread as a replica calls it; rounds
+    interleaved, order alternating."""
+    import torch
+
+    from cora_ray.infer.scorer import Scorer
+    from cora_ray.infer.service import Catalog, ScorerOptions, ScoringEngine
+
+    torch.set_num_threads(SCORER_THREADS)
+    checkpoint, data_uri, _, _, scorer_d = _local_scorer_config(checkpoint)
+    user_config = scorer_d["user_config"]
+    per_batch = int(user_config["max_batch_rows"]) // ITEMS_PER_REQUEST
+    catalog = Catalog.from_dataset(data_uri)
+    jobs = _seeded_jobs(catalog, *_request_pool(catalog), 3 * per_batch)
+    rows = len(jobs) * ITEMS_PER_REQUEST
+    scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
+    engine = ScoringEngine(
+        scorer, ScorerOptions.from_user_config({**user_config, "checkpoint_uri": checkpoint})
+    )
+    batches = [jobs[s : s + per_batch] for s in range(0, len(jobs), per_batch)]
+
+    def main_thread() -> float:
+        t0 = time.perf_counter()
+        for b in batches:
+            engine.score_jobs(b)
+        return rows / (time.perf_counter() - t0)
+
+    async def in_thread() -> float:
+        t0 = time.perf_counter()
+        for b in batches:
+            await asyncio.to_thread(engine.score_jobs, b)
+        return rows / (time.perf_counter() - t0)
+
+    engine.score_jobs(batches[0])  # warm up
+    samples: dict[str, list[float]] = {"main_thread": [], "to_thread": []}
+    for r in range(rounds):
+        for mode in ("main_thread", "to_thread") if r % 2 == 0 else ("to_thread", "main_thread"):
+            rate = main_thread() if mode == "main_thread" else asyncio.run(in_thread())
+            samples[mode].append(rate)
+    return {k: sum(v) / len(v) for k, v in samples.items()} | {"rows": rows, "rounds": rounds}
+
+
+def run_scoring_thread(checkpoint: str, rounds: int) -> int:
+    """`_thread_rates` in a fresh process per MALLOC_ARENA_MAX setting (glibc reads it at start); writes
+    bench/results/serve_scoring_thread.{json,md} (value: to_thread with one arena; baseline: main thread, none)."""
+    import subprocess
+
+    per_setting: dict[str, dict] = {}
+    for arena in ARENA_SETTINGS:
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+        env["OMP_NUM_THREADS"] = str(SCORER_THREADS)
+        if arena is not None:
+            env["MALLOC_ARENA_MAX"] = arena
+        cmd = [sys.executable, __file__, "--scoring-thread-child", "--checkpoint", checkpoint]
+        out = subprocess.run([*cmd, "--rounds", str(rounds)], env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(
+                f"--scoring-thread child (MALLOC_ARENA_MAX={arena}) failed:\n{out.stderr[-3000:]}"
+            )
+        name = f"arena_max_{arena or 'unset'}"
+        per_setting[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"MALLOC_ARENA_MAX={arena}: {per_setting[name]}", flush=True)
+    _write_scoring_thread(per_setting, _checkpoint_identity(checkpoint), rounds)
+    return 0
+
+
+def _write_scoring_thread(per_setting: dict[str, dict], checkpoint: dict, rounds: int) -> None:
+    """serve_scoring_thread.{json,md}: to_thread / main thread within each process, one arena against glibc's
+    default (absolute rates drift between processes on a shared machine; the ratio is taken within one)."""
+    ratio = {k: r["to_thread"] / r["main_thread"] for k, r in per_setting.items()}
+    unset = per_setting["arena_max_unset"]
+    write_result(
+        "serve_scoring_thread",
+        value=ratio["arena_max_1"],
+        baseline=ratio["arena_max_unset"],
+        unit="x main-thread rows/s",
+        config={
+            "checkpoint": checkpoint,
+            "threads": SCORER_THREADS,
+            "rows": unset["rows"],
+            "rounds": rounds,
+            "per_setting": per_setting,
+        },
+        title="A replica's batches in asyncio.to_thread / on the main thread, by MALLOC_ARENA_MAX (higher is better)",
+        value_label="to_thread / main thread, MALLOC_ARENA_MAX=1 (serve.local.config)",
+        baseline_label="to_thread / main thread, MALLOC_ARENA_MAX unset",
+        notes=(
+            f"ScoringEngine.score_jobs on {unset['rows']} rows in 20-row batches, one torch thread, {rounds} "
+            "interleaved rounds of main thread and asyncio.to_thread in one process, a fresh process per setting "
+            "(absolute rates drift between processes on this shared machine; compare within a row).\n\n"
+            "| MALLOC_ARENA_MAX | main thread rows/s | asyncio.to_thread rows/s | thread / main |\n|---|---|---|---|\n"
+            + "\n".join(
+                f"| {name.removeprefix('arena_max_')} | {r['main_thread']:.3f} | {r['to_thread']:.3f} | "
+                f"{ratio[name]:.3f} |"
+                for name, r in per_setting.items()
+            )
+        ),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per point")
@@ -797,7 +917,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="length bucketing over all rows vs per replica batch, offline (needs --checkpoint)",
     )
+    parser.add_argument(
+        "--scoring-thread",
+        action="store_true",
+        help="a batch on the main thread vs asyncio.to_thread, by MALLOC_ARENA_MAX (needs --checkpoint)",
+    )
+    parser.add_argument("--scoring-thread-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scoring_thread_child:
+        print(json.dumps(_thread_rates(args.checkpoint, rounds=args.rounds)), flush=True)
+        return 0
+    if args.scoring_thread:
+        if not args.checkpoint:
+            parser.error("--scoring-thread needs --checkpoint")
+        return run_scoring_thread(args.checkpoint, rounds=args.rounds)
     if args.bucket_scope:
         if not args.checkpoint:
             parser.error("--bucket-scope needs --checkpoint")

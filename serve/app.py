@@ -425,6 +425,7 @@ class CoRAScorer:
             "serving": {
                 **self.admission.snapshot(),
                 "torch_threads": torch.get_num_threads(),
+                "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),  # serve.local.config sets it (CPU)
                 "device_memory_bytes": memory,
                 "device_memory": memory_what,
             },

@@ -148,6 +148,7 @@ class RowAdmission:
         self.busy_s = 0.0
         self.batch_busy_s = 0.0
         self._batch: tuple[float, int] | None = None  # (monotonic start, rows) of the running batch
+        self.last_batch_end: float | None = None  # monotonic
         self._backlog = 0.0  # rows of refused requests told to come back, not yet drained at the rate
         self._backlog_t = time.monotonic()
         self.started = time.monotonic()
@@ -186,9 +187,11 @@ class RowAdmission:
 
     def batch_end(self) -> None:
         with self._lock:
+            now = time.monotonic()
             if self._batch is not None:
-                self.batch_busy_s += time.monotonic() - self._batch[0]
+                self.batch_busy_s += now - self._batch[0]
             self._batch = None
+            self.last_batch_end = now
 
     def observe(self, rows: int, seconds: float) -> None:
         """One forward chunk of `rows` rows took `seconds`."""
@@ -241,5 +244,9 @@ class RowAdmission:
                 "forward_busy_s": round(self.busy_s, 3),
                 "batch_busy_s": round(self.batch_busy_s, 3),
                 "uptime_s": round(time.monotonic() - self.started, 3),
+                # when the last batch ended, on the uptime clock (None before the first)
+                "last_batch_end_s": None
+                if self.last_batch_end is None
+                else round(self.last_batch_end - self.started, 3),
                 "forward_latency": self.latency.to_dict(),
             }

@@ -43,6 +43,8 @@ from cora_ray.checkpoint import (
 from cora_ray.config import ExperimentConfig, from_dict
 from cora_ray.data import protocol
 from cora_ray.data.batching import (
+    fixed_chunks,
+    length_chunks,
     length_order,
     model_batch,
     pad_histories,
@@ -457,13 +459,26 @@ class Scorer:
 
     # -- raw rows path ---------------------------------------------------------------------------------
 
-    def bucket_order(self, item_ids: np.ndarray, histories: Sequence[Sequence[int]]) -> np.ndarray:
-        """A row order by prompt length (the encoder's per-title token counts of the target and of the last
-        `max_history` history items: `batching.prompt_lengths`), so that each batch pads little. Stable."""
+    def row_lengths(self, item_ids: np.ndarray, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """(n,) each row's prompt length estimate: the encoder's per-title token counts of the target and of
+        the last `max_history` history items (`batching.prompt_lengths`)."""
         costs = getattr(self.encoder, "title_costs", None)
         if costs is None:  # an encoder without token counts: title characters
             costs = title_char_costs(self.titles)
-        return length_order(prompt_lengths(costs, item_ids, histories, self.max_history))
+        return prompt_lengths(costs, item_ids, histories, self.max_history)
+
+    def bucket_order(self, item_ids: np.ndarray, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """A row order by prompt length, so that each batch pads little. Stable."""
+        return length_order(self.row_lengths(item_ids, histories))
+
+    def forward_chunks(
+        self, item_ids: np.ndarray, histories: Sequence[Sequence[int]], max_rows: int
+    ) -> list[np.ndarray]:
+        """Row indices of each forward pass: the rows in length order, cut into chunks of at most `max_rows`
+        where the padding saved outweighs a forward's fixed cost (`batching.length_chunks`)."""
+        lengths = self.row_lengths(np.asarray(item_ids, dtype=np.int64), histories)
+        order = length_order(lengths)
+        return [order[a:b] for a, b in length_chunks(lengths[order], max_rows)]
 
     def score(
         self,
@@ -510,11 +525,14 @@ class Scorer:
             rows = _Rows(users, items, hists, G, g_provider)
             self._score_shared(rows, out, bs, progress, prefix_cache)
             return out
-        order = self.bucket_order(items, hists) if bucket else np.arange(n)
+        if bucket:
+            chunks = self.forward_chunks(items, hists, bs)
+        else:
+            chunks = fixed_chunks(n, bs)
         # a shared-prefix model asked for full prompts (share_prefix=False): each row's whole prompt, masked
         full = self.model.full_prompt_pass() if self.shares_prefix else contextlib.nullcontext()
         with full:
-            self._score_batches(users, items, hists, order, bs, out, G, g_provider, progress)
+            self._score_batches(users, items, hists, chunks, out, G, g_provider, progress)
         return out
 
     def _score_batches(
@@ -522,16 +540,14 @@ class Scorer:
         users: np.ndarray,
         items: np.ndarray,
         hists: list[list[int]],
-        order: np.ndarray,
-        bs: int,
+        chunks: Sequence[np.ndarray],
         out: np.ndarray,
         G: torch.Tensor | None,
         g_provider: GProvider | None,
         progress: Callable[[int], None] | None,
     ) -> None:
-        """Rows in `order`, `bs` per forward pass: encode, G from the caller / provider / model, score."""
-        for start in range(0, len(order), bs):
-            idx = order[start : start + bs]
+        """One forward pass per chunk of row indices: encode, G from the caller / provider / model, score."""
+        for idx in chunks:
             u, i, h = users[idx], items[idx], [hists[j] for j in idx]
             batch = self._encode(u, i, h)
             g = None

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from cora_ray.config import _check, from_dict
 from cora_ray.data import protocol
+from cora_ray.data.batching import fixed_chunks
 from cora_ray.errors import CoraError
 from cora_ray.infer.cache import GCache
 from cora_ray.infer.prefix_cache import PrefixCache
@@ -494,12 +495,15 @@ class ScorerAdapter:
     def g_shape(self) -> tuple[int, ...]:
         return tuple(self.scorer.g_shape)
 
-    def bucket_order(self, item_ids: Sequence[int], histories: Sequence[Sequence[int]]) -> np.ndarray:
-        """Row order by prompt length (the scorer's bucketing), so each forward chunk pads little."""
-        order = getattr(self.scorer, "bucket_order", None)
-        if order is None:
-            return np.arange(len(item_ids))
-        return np.asarray(order(np.asarray(item_ids, dtype=np.int64), histories))
+    def forward_chunks(
+        self, item_ids: Sequence[int], histories: Sequence[Sequence[int]], max_rows: int
+    ) -> list[np.ndarray]:
+        """Row indices per forward pass, at most `max_rows` each: the scorer's length bucketing and cuts
+        (`Scorer.forward_chunks`), or the given order in chunks of `max_rows` for a scorer without them."""
+        chunks = getattr(self.scorer, "forward_chunks", None)
+        if chunks is None:
+            return fixed_chunks(len(item_ids), max_rows)
+        return chunks(np.asarray(item_ids, dtype=np.int64), histories, max_rows)
 
     def score(
         self,
@@ -639,11 +643,13 @@ class ScoringEngine:
             zero += [z] * n
 
         scores = np.empty(len(items), dtype=np.float64)
-        # a shared prefix: keep each job's (user's) rows together, so a chunk runs few prefixes
-        order = np.arange(len(items)) if adapter.shares_prefix else adapter.bucket_order(items, hists)
         chunk = options.max_rows_per_forward
-        for s in range(0, len(order), chunk):
-            idx = [int(k) for k in order[s : s + chunk]]
+        if adapter.shares_prefix:  # keep each job's (user's) rows together, so a chunk runs few prefixes
+            chunks = fixed_chunks(len(items), chunk)
+        else:  # rows by prompt length, cut where padding would cost more than another forward
+            chunks = adapter.forward_chunks(items, hists, chunk)
+        for rows in chunks:
+            idx = [int(k) for k in rows]
             u, i, h = [users[k] for k in idx], [items[k] for k in idx], [hists[k] for k in idx]
             G = None
             if adapter.supports_g:

@@ -16,8 +16,10 @@ from cora_ray.config import PromptConfig
 from cora_ray.data.batching import (
     collate,
     encode_rows,
+    fixed_chunks,
     history_arrays,
     left_pad,
+    length_chunks,
     length_order,
     pad_histories,
     prompt_lengths,
@@ -197,3 +199,51 @@ def test_collate_refuses_an_already_padded_batch():
     }
     with pytest.raises(DataError, match="unpadded token rows"):
         collate(padded, pad_id=0)
+
+
+def _chunk_cost(lengths: np.ndarray, chunks: list[tuple[int, int]], overhead: float) -> float:
+    return sum((b - a) * lengths[b - 1] + overhead for a, b in chunks)
+
+
+def test_length_chunks_cut_at_a_jump_in_length_and_never_exceed_max_rows():
+    short, long_ = [60] * 6, [100] * 4
+    lengths = np.array(short + long_)
+    # fixed chunks of 10 pad the six short rows to 100; a cut at the jump saves 6 × 40 = 240 > one forward (40)
+    assert length_chunks(lengths, 10, overhead_tokens=40) == [(0, 6), (6, 10)]
+    # when a forward costs more than the padding it saves, one chunk
+    assert length_chunks(lengths, 10, overhead_tokens=1_000) == [(0, 10)]
+    # equal lengths: as few forwards as max_rows allows
+    assert length_chunks(np.full(20, 75), 10) == [(0, 10), (10, 20)]
+    assert length_chunks(np.array([], dtype=np.int64), 10) == []
+
+
+def test_length_chunks_is_the_cheapest_cut_by_brute_force():
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n, cap, overhead = int(rng.integers(1, 9)), int(rng.integers(1, 5)), float(rng.integers(0, 80))
+        lengths = np.sort(rng.integers(20, 140, size=n))
+        got = length_chunks(lengths, cap, overhead)
+        assert [b - a for a, b in got] and all(0 < b - a <= cap for a, b in got)
+        assert (
+            got[0][0] == 0
+            and got[-1][1] == n
+            and all(x[1] == y[0] for x, y in zip(got, got[1:], strict=False))
+        )
+        best = min(
+            _chunk_cost(lengths, list(zip((0, *cuts), (*cuts, n), strict=True)), overhead)
+            for k in range(n)
+            for cuts in itertools.combinations(range(1, n), k)
+            if all(b - a <= cap for a, b in zip((0, *cuts), (*cuts, n), strict=True))
+        )
+        assert _chunk_cost(lengths, got, overhead) == pytest.approx(best)
+
+
+def test_length_chunks_refuse_unsorted_rows_and_fixed_chunks_cover_every_row_once():
+    with pytest.raises(ValueError, match="ascending length order"):
+        length_chunks(np.array([5, 3]), 4)
+    with pytest.raises(ValueError, match="max_rows must be >= 1"):
+        length_chunks(np.array([3, 5]), 0)
+    chunks = fixed_chunks(7, 3)
+    assert [c.tolist() for c in chunks] == [[0, 1, 2], [3, 4, 5], [6]]

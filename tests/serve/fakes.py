@@ -40,8 +40,9 @@ class FakeScorer:
         i = torch.as_tensor(item_ids, dtype=torch.float32).view(-1, 1, 1)
         return (u * 100 + i) * torch.ones(len(user_ids), *self.g_shape) / 16.0
 
-    def bucket_order(self, item_ids, histories) -> np.ndarray:
-        return np.argsort(np.asarray([len(h) for h in histories]), kind="stable")
+    def forward_chunks(self, item_ids, histories, max_rows) -> list[np.ndarray]:
+        order = np.argsort(np.asarray([len(h) for h in histories]), kind="stable")
+        return [order[s : s + max_rows] for s in range(0, len(order), max_rows)]
 
     def score(self, user_ids, item_ids, histories, G=None, batch_size=16, bucket=True) -> np.ndarray:
         n = len(user_ids)
