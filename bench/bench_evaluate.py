@@ -28,11 +28,12 @@ from common import interleaved_times, median, write_result  # noqa: E402
 
 def padding_per_row(scorer, users, items, hists, bucket: bool) -> float:
     """Mean pad tokens per row of the batches `score` would build."""
+    from cora_ray.data.batching import fixed_chunks
+
     n, bs = len(items), scorer.batch_size
-    order = scorer.bucket_order(items, hists) if bucket else np.arange(n)
+    chunks = scorer.forward_chunks(items, hists, bs) if bucket else fixed_chunks(n, bs)
     pad = 0
-    for s in range(0, n, bs):
-        idx = order[s : s + bs]
+    for idx in chunks:
         mask = scorer.encode(users[idx], items[idx], [hists[j] for j in idx])["attention_mask"]
         pad += int((mask == 0).sum())
     return pad / n

@@ -47,6 +47,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -410,6 +411,41 @@ def _local_scorer_config(checkpoint: str) -> tuple[str, str, dict, dict, dict]:
     return checkpoint, data_uri, config, app, scorer_d
 
 
+@dataclass
+class _ReplicaPath:
+    """A replica's scoring path without Serve (one torch thread): serve.local.config's scorer user_config, the
+    checkpoint's Scorer and --admission's first requests, three batches of `per_batch` requests."""
+
+    checkpoint: str  # absolute
+    user_config: dict
+    per_batch: int  # requests per replica batch: max_batch_rows // ITEMS_PER_REQUEST
+    jobs: list[Any]
+    scorer: Any
+
+    def engine(self, **options: Any) -> Any:
+        """A ScoringEngine over `scorer` with the user_config, `options` replacing some of it."""
+        from cora_ray.infer.service import ScorerOptions, ScoringEngine
+
+        user_config = {**self.user_config, "checkpoint_uri": self.checkpoint, **options}
+        return ScoringEngine(self.scorer, ScorerOptions.from_user_config(user_config))
+
+
+def _replica_path(checkpoint: str) -> _ReplicaPath:
+    import torch
+
+    from cora_ray.infer.scorer import Scorer
+    from cora_ray.infer.service import Catalog
+
+    torch.set_num_threads(SCORER_THREADS)
+    checkpoint, data_uri, _, _, scorer_d = _local_scorer_config(checkpoint)
+    user_config = scorer_d["user_config"]
+    per_batch = int(user_config["max_batch_rows"]) // ITEMS_PER_REQUEST
+    catalog = Catalog.from_dataset(data_uri)
+    jobs = _seeded_jobs(catalog, *_request_pool(catalog), 3 * per_batch)  # --admission's first requests
+    scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
+    return _ReplicaPath(checkpoint, user_config, per_batch, jobs, scorer)
+
+
 def _request_pool(catalog: Any) -> tuple[list[str], list[str]]:
     """Who and what the benchmark's requests ask for: known users with a stored history, items with a title."""
     known = sorted(u for u in catalog.user_ids if catalog.histories.get(catalog.user_ids[u]))
@@ -656,29 +692,11 @@ def run_chunking(checkpoint: str, rounds: int) -> int:
     """Rows/s of `ScoringEngine.score_jobs` (what a replica runs per batch) on 20-row batches of four
     5-item requests, for each max_rows_per_forward in CHUNKINGS, rounds interleaved in this process on one
     thread; writes bench/results/serve_chunking.{json,md} (value: chunks of 10, baseline: chunks of 8)."""
-    import torch
-
-    from cora_ray.infer.scorer import Scorer
-    from cora_ray.infer.service import Catalog, ScorerOptions, ScoringEngine
-
-    torch.set_num_threads(SCORER_THREADS)
-    checkpoint, data_uri, _, _, scorer_d = _local_scorer_config(checkpoint)
-    user_config = scorer_d["user_config"]
-    batch_rows = int(user_config["max_batch_rows"])
-    catalog = Catalog.from_dataset(data_uri)
-    per_batch = batch_rows // ITEMS_PER_REQUEST
-    jobs = _seeded_jobs(catalog, *_request_pool(catalog), 3 * per_batch)  # --admission's first requests
+    path = _replica_path(checkpoint)
+    checkpoint, jobs, per_batch = path.checkpoint, path.jobs, path.per_batch
+    batch_rows = int(path.user_config["max_batch_rows"])
     rows = len(jobs) * ITEMS_PER_REQUEST
-    scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
-    engines = {
-        c: ScoringEngine(
-            scorer,
-            ScorerOptions.from_user_config(
-                {**user_config, "checkpoint_uri": checkpoint, "max_rows_per_forward": c}
-            ),
-        )
-        for c in CHUNKINGS
-    }
+    engines = {c: path.engine(max_rows_per_forward=c) for c in CHUNKINGS}
     engines[CHUNKINGS[0]].score_jobs(jobs[:per_batch])  # warm up
     samples: dict[str, list[float]] = {f"chunk_{c}": [] for c in CHUNKINGS}
     for r in range(rounds):
@@ -728,24 +746,13 @@ def run_bucket_scope(checkpoint: str, rounds: int) -> int:
     orders all its rows by length before cutting chunks — (b) one call per replica batch (max_batch_rows rows),
     (c) `ScoringEngine.score_jobs` per batch (the replica's code path); chunks of max_rows_per_forward, one
     thread, rounds round-robin; writes bench/results/serve_bucket_scope.{json,md} (value (b), baseline (a))."""
-    import torch
-
-    from cora_ray.infer.scorer import Scorer
-    from cora_ray.infer.service import Catalog, ScorerOptions, ScoringEngine
-
-    torch.set_num_threads(SCORER_THREADS)
-    checkpoint, data_uri, _, _, scorer_d = _local_scorer_config(checkpoint)
-    user_config = scorer_d["user_config"]
-    batch_rows, chunk = int(user_config["max_batch_rows"]), int(user_config["max_rows_per_forward"])
-    catalog = Catalog.from_dataset(data_uri)
-    per_batch = batch_rows // ITEMS_PER_REQUEST
-    jobs = _seeded_jobs(catalog, *_request_pool(catalog), 3 * per_batch)  # --admission's first requests
+    path = _replica_path(checkpoint)
+    checkpoint, jobs, per_batch, scorer = path.checkpoint, path.jobs, path.per_batch, path.scorer
+    batch_rows = int(path.user_config["max_batch_rows"])
+    chunk = int(path.user_config["max_rows_per_forward"])
     users, items, hists = _job_rows(jobs)
     rows = len(items)
-    scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
-    engine = ScoringEngine(
-        scorer, ScorerOptions.from_user_config({**user_config, "checkpoint_uri": checkpoint})
-    )
+    engine = path.engine()
 
     def one_call() -> None:
         scorer.score(users, items, hists, batch_size=chunk)
@@ -804,22 +811,10 @@ def _thread_rates(checkpoint: str, rounds: int) -> dict[str, float]:
     """In this process (one torch thread): rows/s of ScoringEngine.score_jobs on --admission's first 60 rows in
     20-row batches, called on the main thread and through asyncio.to_thread as a replica calls it; rounds
     interleaved, order alternating."""
-    import torch
-
-    from cora_ray.infer.scorer import Scorer
-    from cora_ray.infer.service import Catalog, ScorerOptions, ScoringEngine
-
-    torch.set_num_threads(SCORER_THREADS)
-    checkpoint, data_uri, _, _, scorer_d = _local_scorer_config(checkpoint)
-    user_config = scorer_d["user_config"]
-    per_batch = int(user_config["max_batch_rows"]) // ITEMS_PER_REQUEST
-    catalog = Catalog.from_dataset(data_uri)
-    jobs = _seeded_jobs(catalog, *_request_pool(catalog), 3 * per_batch)
+    path = _replica_path(checkpoint)
+    jobs, per_batch = path.jobs, path.per_batch
     rows = len(jobs) * ITEMS_PER_REQUEST
-    scorer = Scorer.from_checkpoint(checkpoint, data_uri=data_uri, device="cpu")
-    engine = ScoringEngine(
-        scorer, ScorerOptions.from_user_config({**user_config, "checkpoint_uri": checkpoint})
-    )
+    engine = path.engine()
     batches = [jobs[s : s + per_batch] for s in range(0, len(jobs), per_batch)]
 
     def main_thread() -> float:

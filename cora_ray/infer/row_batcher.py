@@ -58,7 +58,6 @@ class RowBatcher(Generic[J, R]):
         self._queued_rows = 0
         self._arrival = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
-        self.batches = 0
 
     def configure(self, max_rows: int, wait_s: float) -> None:
         """New bounds, from the next batch on."""
@@ -133,7 +132,6 @@ class RowBatcher(Generic[J, R]):
         return batch
 
     async def _run_batch(self, batch: list[_Pending[J, R]]) -> None:
-        self.batches += 1
         try:
             results = await self._run([p.job for p in batch])
             if len(results) != len(batch):

@@ -467,10 +467,6 @@ class Scorer:
             costs = title_char_costs(self.titles)
         return prompt_lengths(costs, item_ids, histories, self.max_history)
 
-    def bucket_order(self, item_ids: np.ndarray, histories: Sequence[Sequence[int]]) -> np.ndarray:
-        """A row order by prompt length, so that each batch pads little. Stable."""
-        return length_order(self.row_lengths(item_ids, histories))
-
     def forward_chunks(
         self, item_ids: np.ndarray, histories: Sequence[Sequence[int]], max_rows: int
     ) -> list[np.ndarray]:
