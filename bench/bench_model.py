@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_model.py --reps 5         # more repetitions (median is reported)
     .venv/bin/python bench/bench_model.py --quick          # smoke run: tiny batch, 2 layers, numbers meaningless
     .venv/bin/python bench/bench_model.py --train-only --tokens 190   # the training-step ratios + profile only
+    .venv/bin/python bench/bench_model.py --score-only --tokens 190   # scoring: shared vs per-layer x·G
 
 Same batch for every variant: 8 rows, left-padded prompts of 130–150 tokens of random token ids (the cost
 does not depend on which tokens), torch threads 2. Timings are medians of `--reps` round-robin runs after
@@ -99,6 +100,27 @@ class NaiveMergeLinear(CollabLinear):
             return self.base_layer(x)
         rows = [F.linear(x[b], self.merged_weight(G[b]), self.base_layer.bias) for b in range(x.shape[0])]
         return torch.stack(rows)  # (B, T, out)
+
+
+class PerLayerDownLinear(CollabLinear):
+    """The path before the shared down-projection: each layer multiplies its own dropped copy of x by G (a
+    bmm per projection both ways, a masked copy of x and of its gradient). Same parameters, same draws."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = self.context.delta
+        if delta is None or delta.suffix_mask is not None:
+            raise ValueError("PerLayerDownLinear measures the all-positions scope only")
+        B, d = x.shape[0], x.shape[-1]
+        x_kept, keep_scale = self.dropout.zero_dropped(x.reshape(B, -1, d))
+        u = torch.bmm(x_kept, delta.G.to(x.dtype))  # (B, T, r)
+        y = self.base_layer(x)
+        out = torch.addmm(
+            y.reshape(-1, self.out_features),
+            u.reshape(-1, self.rank),
+            self.P.to(x.dtype).t(),
+            alpha=self.scaling * keep_scale,
+        )
+        return out.view_as(y)
 
 
 def naive_merge(model: CoRAModel) -> contextlib.AbstractContextManager:
@@ -323,6 +345,7 @@ def train_step_bench(args: argparse.Namespace) -> int:
         "cora_step": lambda: cora_train_step(cora, opt, batch),
         "cora_step_no_dropout": lambda: cora_train_step_without_dropout(cora, opt, batch),
         "naive_step": under(NaiveMergeLinear),
+        "cora_step_per_layer_down": under(PerLayerDownLinear),
         "cora_step_foreach_adamw": lambda: cora_train_step(cora, opt_foreach, batch),
         "generator_fwd_bwd": generator_fwd_bwd,
         "optimizer_step": opt.step,
@@ -430,6 +453,80 @@ def train_step_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def score_bench(args: argparse.Namespace) -> int:
+    """The scoring forward (inference mode) against the frozen LLM, with G given and generated, and with q/k/v
+    each computing their own x·G (the path before `DownCache`), interleaved in one run."""
+    frozen = ZeroShotModel(load(args.quick)).eval()
+    cora = build_cora(load(args.quick)).eval()
+    batch = make_batch(frozen.loaded_llm, args.batch, args.tokens)
+    with torch.inference_mode():
+        G = cora.compute_G(batch["user_id"], batch["item_id"])
+        shared = cora(batch, G=G)
+        with layer_class(cora, PerLayerDownLinear):
+            per_layer = cora(batch, G=G)
+    max_diff = float((shared - per_layer).abs().max())
+
+    def per_layer_down() -> None:
+        with layer_class(cora, PerLayerDownLinear):
+            cora(batch, G=G)
+
+    variants = {
+        "frozen": lambda: frozen(batch),
+        "cora_given_G": lambda: cora(batch, G=G),
+        "cora_given_G_per_layer_down": per_layer_down,
+        "cora": lambda: cora(batch),
+    }
+    loads = [round(load_average(), 2)]
+    with torch.inference_mode():
+        wall, cpu = interleaved_wall_and_cpu_times(variants, reps=args.reps)
+    loads.append(round(load_average(), 2))
+    base, base_min = median(wall["frozen"]), min(wall["frozen"])
+    ratios = {k: median(v) / base for k, v in wall.items()}
+    min_ratios = {k: min(v) / base_min for k, v in wall.items()}
+    print("score wall:", {k: round(median(v), 3) for k, v in wall.items()}, flush=True)
+    rows = [
+        f"| {k} | {median(wall[k]):.3f} | {min(wall[k]):.3f} | {ratios[k]:.3f} | {min_ratios[k]:.3f} |"
+        for k in variants
+    ]
+    notes = "\n".join(
+        [
+            "| variant | median s | min s | median / frozen | min / min frozen |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            "cora_given_G: q, k and v share one bmm(x, G) per layer (cora_ray/model/down_projection.py); "
+            "cora_given_G_per_layer_down: each of the 120 layers computes its own. Scores of the two: max |diff| "
+            f"{max_diff:.2e}. Load average (1 min) before / after: {loads} on {os.cpu_count()} cores.",
+        ]
+    )
+    write_result(
+        f"model_score_t{args.tokens}",
+        value=median(wall["cora_given_G"]),
+        baseline=median(wall["cora_given_G_per_layer_down"]),
+        unit="s",
+        config={
+            "llm": frozen.loaded_llm.identity,
+            "dtype": "float32",
+            "batch": args.batch,
+            "tokens": args.tokens,
+            "torch_threads": args.threads,
+            "reps": args.reps,
+            "statistic": "median (and min) of round-robin reps after 1 warm-up",
+            "median_wall_s": {k: median(v) for k, v in wall.items()},
+            "min_wall_s": {k: min(v) for k, v in wall.items()},
+            "median_ratio_to_frozen": ratios,
+            "min_ratio_to_frozen": min_ratios,
+            "max_abs_diff_shared_vs_per_layer": max_diff,
+            "load_average_1m_before_after": loads,
+        },
+        title=f"CoRA scoring forward, shared x·G / per-layer x·G (G given), batch {args.batch} x {args.tokens}",
+        value_label="CoRA forward, q/k/v share bmm(x, G)",
+        baseline_label="CoRA forward, every layer its own bmm(x, G)",
+        notes=notes,
+    )
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=8)
@@ -442,6 +539,11 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="only the training-step ratios and profile (model_train_step_t<T>)",
     )
+    p.add_argument(
+        "--score-only",
+        action="store_true",
+        help="only the scoring-forward ratios, shared vs per-layer x·G (model_score_t<T>)",
+    )
     p.add_argument("--memory-case", choices=MEMORY_CASES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -452,6 +554,8 @@ def main(argv: list[str]) -> int:
 
     if args.train_only:
         return train_step_bench(args)
+    if args.score_only:
+        return score_bench(args)
 
     t_start = time.perf_counter()
     # three copies of the LLM: CoRA and peft modify theirs in place; the frozen one stays untouched
@@ -602,6 +706,10 @@ def main(argv: list[str]) -> int:
         with naive_merge(cora):
             cora(batch, G=G)
 
+    def per_layer_down_infer() -> None:
+        with layer_class(cora, PerLayerDownLinear):
+            cora(batch, G=G)
+
     loads = [round(load_average(), 2)]
     wall, cpu = interleaved_wall_and_cpu_times(
         {
@@ -609,6 +717,7 @@ def main(argv: list[str]) -> int:
             "cora": under_inference(lambda: cora(batch)),
             "cora_given_G": under_inference(lambda: cora(batch, G=G)),
             "naive_given_G": under_inference(naive_infer),
+            "cora_given_G_per_layer_down": under_inference(per_layer_down_infer),
             "peft_mixed_batch": under_inference(lambda: peft_score(peft_model, llm_peft, batch)),
             "full_vocab": under_inference(lambda: full_vocab_score(frozen, batch)),
         },
@@ -632,7 +741,9 @@ def main(argv: list[str]) -> int:
             baseline_label="frozen LLM forward, Yes-row head",
             notes=(
                 f"With G given (the serving cache's hit path): {given:.3f} s, ratio "
-                f"{given / median(wall['frozen']):.3f}."
+                f"{given / median(wall['frozen']):.3f}; the same with every layer computing its own x·G "
+                f"(before q/k/v shared it): {median(wall['cora_given_G_per_layer_down']):.3f} s, ratio "
+                f"{median(wall['cora_given_G_per_layer_down']) / median(wall['frozen']):.3f}."
             ),
         )
     )

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cora_ray.errors import ModelError
+from cora_ray.model.down_projection import DownCache
 from cora_ray.model.dropout import SparseMaskDropout
 from cora_ray.model.targets import replace_targets
 
@@ -71,15 +72,21 @@ class CollabContext:
     ) -> Iterator[None]:
         """Set the delta for the duration of the block (nesting restores the outer one). `G` None: the plain
         frozen layers."""
-        previous = self.delta
+        previous, previous_cache = self.delta, self.down_cache
         if G is None or isinstance(G, Delta):
             self._local.delta = G
         else:
             self._local.delta = Delta(G, suffix_mask, prefix_G)
+        self._local.down_cache = DownCache()
         try:
             yield
         finally:
-            self._local.delta = previous
+            self._local.delta, self._local.down_cache = previous, previous_cache
+
+    @property
+    def down_cache(self) -> DownCache | None:
+        """The scope's shared down-projections (cora_ray/model/down_projection.py); None outside `use`."""
+        return getattr(self._local, "down_cache", None)
 
     def checkpoint_context_fn(
         self,
@@ -133,15 +140,20 @@ class CollabLinear(nn.Module):
                 f"{tuple(x.shape)}; expected ({B}, {d}, {self.rank})"
             )
         y = self.base_layer(x)  # (B, ..., out): one dense matmul for the whole batch
-        # (B, T, d), a 2-D input is T = 1; dropout's 1/(1-p) is folded into the final addmm's alpha (rank r wide)
-        x3, keep_scale = self.dropout.zero_dropped(x.reshape(B, -1, d))
-        G = delta.G.to(x.dtype)  # a no-op when the dtypes already agree
+        x3 = x.reshape(B, -1, d)  # (B, T, d); a 2-D input is T = 1
+        cache = self.context.down_cache
+        Gd = cache.weights(delta, x.dtype)  # G (B, d, r), or [G | G_u] (B, d, 2r) for user_prefix
+        if self.dropout.training and self.dropout.p > 0:  # this layer's own mask: its own kept copy of x
+            # dropout's 1/(1-p) is folded into the final addmm's alpha (rank r wide)
+            x_kept, keep_scale = self.dropout.zero_dropped(x3)
+            both = torch.bmm(x_kept, Gd)  # (B, T, r or 2r)
+        else:  # x·G once per input: q/k/v share it
+            both, keep_scale = cache.product(x3, x, Gd), 1.0
         if delta.suffix_mask is None:
-            u = torch.bmm(x3, G)  # (B, T, r): each row through its own G
+            u = both  # (B, T, r): each row through its own G
         elif delta.prefix_G is None:  # suffix scope: nothing before the target title
-            u = torch.bmm(x3, G) * delta.suffix_mask.reshape(B, -1, 1).to(x.dtype)
-        else:  # user_prefix: one bmm through [G | G_u], then each position keeps its half
-            both = torch.bmm(x3, torch.cat([G, delta.prefix_G.to(x.dtype)], dim=-1))  # (B, T, 2r)
+            u = both * delta.suffix_mask.reshape(B, -1, 1).to(x.dtype)
+        else:  # user_prefix: each position keeps its half of [G | G_u]
             u = torch.where(
                 delta.suffix_mask.reshape(B, -1, 1), both[..., : self.rank], both[..., self.rank :]
             )

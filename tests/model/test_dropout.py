@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -70,3 +72,30 @@ def test_zero_dropped_times_its_scale_is_the_forward():
     same, one = d.zero_dropped(x)
     assert same is x and one == 1.0  # eval: nothing dropped, nothing copied
     assert SparseMaskDropout(0.0).train().zero_dropped(x)[1] == 1.0
+
+
+def _positions_out_of_place(numel: int, p: float) -> torch.Tensor:
+    """The first implementation of `bernoulli_positions` (out-of-place ops): the draws training runs were made
+    with. The in-place version must give the same positions and leave the generator in the same state."""
+    log_keep = math.log1p(-p)
+    chunks, start = [torch.empty(0, dtype=torch.long)], 0
+    while start < numel:
+        expected = (numel - start) * p
+        n = int(expected + 6.0 * math.sqrt(expected) + 16)
+        u = torch.rand(n, dtype=torch.float64)
+        positions = start + torch.cumsum(torch.floor(torch.log1p(-u) / log_keep).long() + 1, dim=0) - 1
+        chunks.append(positions[positions < numel])
+        start = int(positions[-1]) + 1
+    return torch.cat(chunks)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.9])
+@pytest.mark.parametrize("numel", [1, 37, 1000, 8 * 190 * 576])
+def test_positions_are_the_draws_of_the_out_of_place_formula(numel, p):
+    for seed in range(5):
+        torch.manual_seed(seed)
+        got, after = bernoulli_positions(numel, p), torch.rand(3)
+        torch.manual_seed(seed)
+        want, want_after = _positions_out_of_place(numel, p), torch.rand(3)
+        assert torch.equal(got, want)
+        assert torch.equal(after, want_after)  # the generator advanced by the same draws
