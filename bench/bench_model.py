@@ -103,24 +103,11 @@ class NaiveMergeLinear(CollabLinear):
 
 
 class PerLayerDownLinear(CollabLinear):
-    """The path before the shared down-projection: each layer multiplies its own dropped copy of x by G (a
-    bmm per projection both ways, a masked copy of x and of its gradient). Same parameters, same draws."""
+    """The path before the shared down-projection: every layer computes its own bmm(x, G), dropout or not (a
+    bmm per projection both ways). Same parameters, same draws; the rest of `forward` is CollabLinear's."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        delta = self.context.delta
-        if delta is None or delta.suffix_mask is not None:
-            raise ValueError("PerLayerDownLinear measures the all-positions scope only")
-        B, d = x.shape[0], x.shape[-1]
-        x_kept, keep_scale = self.dropout.zero_dropped(x.reshape(B, -1, d))
-        u = torch.bmm(x_kept, delta.G.to(x.dtype))  # (B, T, r)
-        y = self.base_layer(x)
-        out = torch.addmm(
-            y.reshape(-1, self.out_features),
-            u.reshape(-1, self.rank),
-            self.P.to(x.dtype).t(),
-            alpha=self.scaling * keep_scale,
-        )
-        return out.view_as(y)
+    def down_product(self, x: torch.Tensor, x3: torch.Tensor, Gd: torch.Tensor) -> tuple[torch.Tensor, float]:
+        return self.own_product(x3, Gd)  # in eval zero_dropped is the identity: bmm(x, Gd), 1.0
 
 
 def naive_merge(model: CoRAModel) -> contextlib.AbstractContextManager:

@@ -141,14 +141,10 @@ class CollabLinear(nn.Module):
             )
         y = self.base_layer(x)  # (B, ..., out): one dense matmul for the whole batch
         x3 = x.reshape(B, -1, d)  # (B, T, d); a 2-D input is T = 1
-        cache = self.context.down_cache
-        Gd = cache.weights(delta, x.dtype)  # G (B, d, r), or [G | G_u] (B, d, 2r) for user_prefix
-        if self.dropout.training and self.dropout.p > 0:  # this layer's own mask: its own kept copy of x
-            # dropout's 1/(1-p) is folded into the final addmm's alpha (rank r wide)
-            x_kept, keep_scale = self.dropout.zero_dropped(x3)
-            both = torch.bmm(x_kept, Gd)  # (B, T, r or 2r)
-        else:  # x·G once per input: q/k/v share it
-            both, keep_scale = cache.product(x3, x, Gd), 1.0
+        Gd = self.context.down_cache.weights(
+            delta, x.dtype
+        )  # G (B, d, r), or [G | G_u] (B, d, 2r): user_prefix
+        both, keep_scale = self.down_product(x, x3, Gd)  # (B, T, r or 2r)
         if delta.suffix_mask is None:
             u = both  # (B, T, r): each row through its own G
         elif delta.prefix_G is None:  # suffix scope: nothing before the target title
@@ -165,6 +161,19 @@ class CollabLinear(nn.Module):
             alpha=self.scaling * keep_scale,
         )
         return out.view_as(y)
+
+    def down_product(self, x: torch.Tensor, x3: torch.Tensor, Gd: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(x·Gd, the dropout scale still owed). A layer that draws dropout multiplies its own kept copy of x;
+        otherwise the scope's `DownCache` computes x·Gd once per input tensor (q/k/v share it)."""
+        if self.dropout.training and self.dropout.p > 0:
+            return self.own_product(x3, Gd)
+        return self.context.down_cache.product(x3, x, Gd), 1.0
+
+    def own_product(self, x3: torch.Tensor, Gd: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(bmm(x3 with this layer's dropped elements zeroed, Gd) (B, T, r or 2r), the scale still owed): dropout's
+        1/(1-p) is folded into the final addmm's alpha (rank r wide) instead of scaling a copy of x."""
+        x_kept, keep_scale = self.dropout.zero_dropped(x3)
+        return torch.bmm(x_kept, Gd), keep_scale
 
     def merged_weight(self, G_row: torch.Tensor) -> torch.Tensor:
         """W + (alpha/r)·P·Gᵀ for one row's G (d_model, r): (out, d_model). A reference, never on the hot path."""
