@@ -32,14 +32,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import common
 import torch
 import torch.nn.functional as F
 from common import (
-    RESULTS,
     interleaved_wall_and_cpu_times,
     load_average,
     median,
@@ -301,6 +302,28 @@ def profile_table(fn, top: int = 15) -> list[dict]:
     ] + [{"op": "(all ops)", "calls": sum(e.count for e in events), "self_cpu_s": total / 1e6, "share": 1.0}]
 
 
+def ratio_stats(
+    wall: dict[str, list[float]], base: str, cpu: dict[str, list[float]] | None = None
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Median / min wall seconds of each variant and their ratios to variant `base` (the CPU-time ratio too when
+    `cpu` is given): the JSON fields and one markdown table row per variant, in `wall`'s order."""
+    stats = {
+        "median_wall_s": {k: median(v) for k, v in wall.items()},
+        "min_wall_s": {k: min(v) for k, v in wall.items()},
+        "median_ratio": {k: median(v) / median(wall[base]) for k, v in wall.items()},
+        "min_ratio": {k: min(v) / min(wall[base]) for k, v in wall.items()},
+    }
+    if cpu is not None:
+        stats["cpu_time_median_ratio"] = {k: median(v) / median(cpu[base]) for k, v in cpu.items()}
+    rows = []
+    for k in wall:
+        cells = [stats[f][k] for f in ("median_wall_s", "min_wall_s", "median_ratio", "min_ratio")]
+        if cpu is not None:
+            cells.append(stats["cpu_time_median_ratio"][k])
+        rows.append(f"| {k} | " + " | ".join(f"{x:.3f}" for x in cells) + " |")
+    return stats, rows
+
+
 def train_step_bench(args: argparse.Namespace) -> int:
     """The training-step ratios at one prompt length, interleaved in one run, plus the component shares."""
     t_start = time.perf_counter()
@@ -349,10 +372,8 @@ def train_step_bench(args: argparse.Namespace) -> int:
         "frozen_fwd_bwd": profile_table(lambda: frozen_train_step(frozen, batch)),
     }
     loads.append(round(load_average(), 2))
-    base = median(wall["frozen_fwd_bwd"])
-    ratios = {k: median(v) / base for k, v in wall.items()}
-    min_ratios = {k: min(v) / min(wall["frozen_fwd_bwd"]) for k, v in wall.items()}
-    cpu_ratios = {k: median(v) / median(cpu["frozen_fwd_bwd"]) for k, v in cpu.items()}
+    stats, rows = ratio_stats(wall, "frozen_fwd_bwd", cpu)
+    ratios = stats["median_ratio"]
     config = {
         "llm": frozen.loaded_llm.identity,
         "dtype": "float32",
@@ -368,19 +389,10 @@ def train_step_bench(args: argparse.Namespace) -> int:
             "dropout": 0.05,
         },
         "load_average_1m_before_after_timing_after_profile": loads,
-        "median_wall_s": {k: median(v) for k, v in wall.items()},
-        "min_wall_s": {k: min(v) for k, v in wall.items()},
-        "median_ratio": ratios,
-        "min_ratio": min_ratios,
-        "cpu_time_median_ratio": cpu_ratios,
+        **stats,
         "profile_top_ops": profiles,
     }
     extra = ratios["cora_step"] - 1.0
-    rows = [
-        f"| {k} | {median(wall[k]):.3f} | {min(wall[k]):.3f} | {ratios[k]:.3f} | {min_ratios[k]:.3f} | "
-        f"{cpu_ratios[k]:.3f} |"
-        for k in variants
-    ]
 
     def prof_rows(name: str) -> list[str]:
         return [
@@ -420,7 +432,7 @@ def train_step_bench(args: argparse.Namespace) -> int:
     write_result(
         f"model_train_step_t{args.tokens}",
         value=median(wall["cora_step"]),
-        baseline=base,
+        baseline=median(wall["frozen_fwd_bwd"]),
         unit="s",
         config=config,
         samples=wall,
@@ -467,14 +479,8 @@ def score_bench(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         wall, cpu = interleaved_wall_and_cpu_times(variants, reps=args.reps)
     loads.append(round(load_average(), 2))
-    base, base_min = median(wall["frozen"]), min(wall["frozen"])
-    ratios = {k: median(v) / base for k, v in wall.items()}
-    min_ratios = {k: min(v) / base_min for k, v in wall.items()}
+    stats, rows = ratio_stats(wall, "frozen")
     print("score wall:", {k: round(median(v), 3) for k, v in wall.items()}, flush=True)
-    rows = [
-        f"| {k} | {median(wall[k]):.3f} | {min(wall[k]):.3f} | {ratios[k]:.3f} | {min_ratios[k]:.3f} |"
-        for k in variants
-    ]
     notes = "\n".join(
         [
             "| variant | median s | min s | median / frozen | min / min frozen |",
@@ -498,11 +504,8 @@ def score_bench(args: argparse.Namespace) -> int:
             "tokens": args.tokens,
             "torch_threads": args.threads,
             "reps": args.reps,
-            "statistic": "median (and min) of round-robin reps after 1 warm-up",
-            "median_wall_s": {k: median(v) for k, v in wall.items()},
-            "min_wall_s": {k: min(v) for k, v in wall.items()},
-            "median_ratio_to_frozen": ratios,
-            "min_ratio_to_frozen": min_ratios,
+            "statistic": "median (and min) of round-robin reps after 1 warm-up; ratios to frozen",
+            **stats,
             "max_abs_diff_shared_vs_per_layer": max_diff,
             "load_average_1m_before_after": loads,
         },
@@ -534,6 +537,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--memory-case", choices=MEMORY_CASES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.quick:  # a smoke run's numbers are meaningless: they never replace the committed results
+        common.RESULTS = Path(tempfile.mkdtemp(prefix="cora_bench_quick_"))
+        print(f"[bench] --quick: results go to {common.RESULTS}", flush=True)
 
     if args.memory_case:
         print(json.dumps({"case": args.memory_case, "peak_bytes": memory_case(args.memory_case, args)}))
@@ -815,7 +821,7 @@ def main(argv: list[str]) -> int:
         "",
         summary_table(records),
     ]
-    (RESULTS / "model.md").write_text("\n".join(overview))
+    (common.RESULTS / "model.md").write_text("\n".join(overview))
     print("\n".join(overview))
     return 0
 

@@ -4,6 +4,7 @@ the end-to-end ratio: what the Ray Train loop delivers against the model's own t
     python bench/bench_train.py                      # real ML-1M + bundled SmolLM2 (configs/demo.yaml settings)
     python bench/bench_train.py --steps 6 --skip-pipeline
     python bench/bench_train.py --e2e --steps 12     # bench/results/train_e2e.{json,md} only
+    python bench/bench_train.py --noise --steps 8    # bench/results/train_noise.{json,md} only
 
 `--e2e` (one process, one run): the model-only step — the same model, AdamW and clipping as the worker, in
 plain PyTorch (no Ray, no DeepSpeed, no data pipeline) — on micro-batches drawn from the run's own training
@@ -13,6 +14,12 @@ end-to-end samples/s / model-only samples/s >= 0.9. End-to-end samples/s is take
 wall-clock times between the first and last training step (the first step, which waits for the pipeline's
 start-up, is excluded), so every per-step cost of the loop — data wait, DeepSpeed, the loss all-reduce,
 progress writes — is in it.
+
+`--noise` (one process): how much the model-only step loses when another process keeps a small share of one
+core busy in short bursts, as Ray's own processes do beside a training worker (0.06 cores in train_e2e.json).
+The step runs one OpenMP team of as many threads as cores; when any one of them is descheduled, the others
+wait at the next barrier, so a small foreign load costs the team more than its share. Conditions in one run, in
+the order quiet, bursts of 0.2 ms, bursts of 2 ms, quiet; ratio = the noisy steps' samples/s / the quiet ones'.
 
 Writes bench/results/train_throughput.{json,md} (samples/s of 2 workers vs 1 worker, same global batch per
 worker) and bench/results/train_pipeline.{json,md} (Ray Data read + prompt building + tokenisation rows/s vs
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -241,6 +249,98 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
     return record
 
 
+NOISE_SCRIPT = """
+import sys, time
+share, burst = float(sys.argv[1]), float(sys.argv[2])
+pause = burst * (1 - share) / share
+while True:
+    t = time.perf_counter()
+    while time.perf_counter() - t < burst:
+        pass
+    time.sleep(pause)
+"""
+
+
+class BurstLoad:
+    """A process that keeps `share` of one core busy in bursts of `burst_ms` (with `share` <= 0: none);
+    `.cores` is what it actually used, measured from its own CPU time."""
+
+    def __init__(self, share: float, burst_ms: float) -> None:
+        self.share, self.burst_ms, self.cores = share, burst_ms, 0.0
+
+    def __enter__(self) -> BurstLoad:
+        import psutil
+
+        if self.share > 0:
+            args = [sys.executable, "-c", NOISE_SCRIPT, str(self.share), str(self.burst_ms / 1000)]
+            self._popen = subprocess.Popen(args)
+            self._proc, self._t0 = psutil.Process(self._popen.pid), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.share > 0:
+            t = self._proc.cpu_times()
+            self.cores = (t.user + t.system) / (time.monotonic() - self._t0)
+            self._popen.kill()
+            self._popen.wait()
+
+
+def noise(config: str, steps: int, share: float, overrides: list[str]) -> dict:
+    """The model-only step quiet and beside a `BurstLoad` of `share` cores (0.2 ms and 2 ms bursts)."""
+    from cora_ray.config import ExperimentConfig, load_config
+    from cora_ray.train.trainer import resolve_local_paths
+
+    storage = Path(tempfile.mkdtemp(prefix="cora_bench_noise_"))
+    cfg = resolve_local_paths(
+        load_config(ExperimentConfig, config, _e2e_overrides(steps, storage, overrides)), REPO
+    )
+    batches = training_batches(cfg, steps)
+    runs = []
+    for label, burst_ms in (("quiet", 0.0), ("bursts 0.2 ms", 0.2), ("bursts 2 ms", 2.0), ("quiet", 0.0)):
+        foreign = ForeignCPU()
+        with BurstLoad(share if burst_ms else 0.0, burst_ms) as load:
+            r = model_only_rate(cfg, batches)
+        r.update(label=label, load_cores=round(load.cores, 3), foreign_cores=round(foreign.cores(), 3))
+        runs.append(r)
+        print(f"[bench] model-only step, {label}: {r['samples_per_s']:.3f} samples/s", flush=True)
+    quiet = [r["samples_per_s"] for r in runs if r["label"] == "quiet"]
+    noisy = [r["samples_per_s"] for r in runs if r["label"] != "quiet"]
+    record = write_result(
+        "train_noise",
+        value=sum(noisy) / len(noisy),
+        baseline=sum(quiet) / len(quiet),
+        unit="samples/s",
+        config={
+            "config": display_uri(config, REPO),
+            "steps": steps,
+            "overrides": overrides,
+            "load_share_of_one_core": share,
+            "torch_threads": cfg.train.cpu_threads_per_worker,
+            "cpus": os.cpu_count(),
+            "runs": runs,
+        },
+        title="The model-only training step beside a small bursty load (what Ray's own processes add)",
+        value_label=f"beside a process using {share} of one core in bursts (0.2 ms and 2 ms; mean of the two)",
+        baseline_label="quiet (mean of the first and last run)",
+        notes=(
+            "Ratio below 1 - share / cores means the team loses more than the CPU the load takes: with as many "
+            "torch threads as cores, a descheduled thread holds the others at the next barrier. Quiet runs' "
+            f"spread: {min(quiet):.3f}-{max(quiet):.3f} samples/s. The model-only rates beside each load, their "
+            "measured load cores and the foreign CPU of each run are in config.runs."
+        ),
+    )
+    disturbed = [r["label"] for r in runs if r["foreign_cores"] > FOREIGN_CPU_LIMIT]
+    if disturbed:  # other jobs took CPU from a run: the ratio says nothing
+        record["valid"] = False
+        record["notes"] += (
+            f" NOT A VALID MEASUREMENT: other processes used more than {FOREIGN_CPU_LIMIT} cores during "
+            f"{', '.join(disturbed)}; re-run on a quiet machine."
+        )
+        (RESULTS / "train_noise.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
+        (RESULTS / "train_noise.md").write_text(portable(markdown(record)))
+    return record
+
+
 def pipeline_rate(config: str, rows: int) -> dict:
     """Rows/s of the training dataset alone (read + shuffle + prompts + tokenisation), after its first batch."""
     from cora_ray.config import ExperimentConfig, load_config
@@ -288,8 +388,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--pipeline-rows", type=int, default=8000)
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("--e2e", action="store_true", help="only the end-to-end ratio: bench/results/train_e2e.*")
+    p.add_argument(
+        "--noise", action="store_true", help="only the step beside a bursty load: bench/results/train_noise.*"
+    )
+    p.add_argument("--noise-share", type=float, default=0.06, help="the load's share of one core")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
+    if args.noise:
+        r = noise(args.config, args.steps, args.noise_share, args.overrides)
+        print(f"[bench] beside the load / quiet: {r['ratio']:.3f} (share {args.noise_share} of one core)")
+        return 0
     if args.e2e:
         r = e2e(args.config, args.steps, args.overrides)
         print(f"[bench] end-to-end / model-only: {r['ratio']:.3f} (goal >= 0.9)")
