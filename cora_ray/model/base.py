@@ -138,6 +138,11 @@ class RecModel(nn.Module):
         self.d_model = int(llm.hidden_size)
         self.gradient_checkpointing = False  # set by enable_gradient_checkpointing
 
+    def collab_weight_generator(self) -> nn.Module | None:
+        """The module whose forward output is the rows' collaborative weights G (B, d_model, r), for monitors
+        that watch G while training (cora_ray/train/delta_spread.py); None for methods without G."""
+        return None
+
     @property
     def answer_tokens(self) -> tuple[int, int | None]:
         """(answer token id, negative token id or None): the score is logit[yes] (− logit[no])."""

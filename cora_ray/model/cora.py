@@ -107,6 +107,10 @@ class CoRAModel(RecModel):
             G = G * known[:, None, None]
         return G
 
+    def collab_weight_generator(self) -> nn.Module:
+        """The generator: every G this model makes, G(u, i) and user_prefix's G_u, is its output."""
+        return self.generator
+
     def _zeroes_cold_users(self, zero_cold_users: bool | None) -> bool:
         """The cold-user rule of one call: `zero_cold_users`, else the configured `zero_delta_for_cold_users`."""
         return self.cfg.zero_delta_for_cold_users if zero_cold_users is None else zero_cold_users

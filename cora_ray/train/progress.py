@@ -228,8 +228,15 @@ class Progress:
         return remaining * per_step + remaining_valids * valid
 
     # ------------------------------------------------------------------------------------------------------
-    def train_step(self, step: int, loss: float, lr: float, step_seconds: float) -> None:
-        """Record one optimizer step (`step` = steps done, 1-based after the update)."""
+    def logs_at(self, step: int) -> bool:
+        """Whether `train_step(step, ...)` prints a progress line (every log_every steps, the last and the first)."""
+        return step % self.log_every == 0 or step == self.max_steps or step == self._start_step + 1
+
+    def train_step(
+        self, step: int, loss: float, lr: float, step_seconds: float, g_spread: float | None = None
+    ) -> None:
+        """Record one optimizer step (`step` = steps done, 1-based after the update). `g_spread`: the varying
+        share of G over the rows since the last logged step (cora_ray/train/delta_spread.py), for methods with G."""
         if not self.enabled:
             return
         if self._warmup_pending:
@@ -248,9 +255,13 @@ class Progress:
             "elapsed_s": round(time.perf_counter() - self._t_start, 3),
             "time": time.time(),
         }
+        if g_spread is not None:
+            record["g_varying_share"] = round(g_spread, 6)
         self._write(record)
         if self._writer is not None:
             self._writer.add_scalar("train/loss", loss, step)
+            if g_spread is not None:
+                self._writer.add_scalar("train/g_varying_share", g_spread, step)
             self._writer.add_scalar("train/lr", lr, step)
             self._writer.add_scalar("train/samples_per_s", record["samples_per_s"], step)
         self._metric_window[0] += 1
@@ -267,10 +278,10 @@ class Progress:
                 lr=lr,
             )
             self._metric_window = [0, 0.0]
-        if step % self.log_every == 0 or step == self.max_steps or step == self._start_step + 1:
-            say(self.line(step, loss, lr))
+        if self.logs_at(step):
+            say(self.line(step, loss, lr, g_spread))
 
-    def line(self, step: int, loss: float, lr: float) -> str:
+    def line(self, step: int, loss: float, lr: float, g_spread: float | None = None) -> str:
         valid = "valid auc -"
         if self.last_valid:
             valid = (
@@ -280,9 +291,11 @@ class Progress:
             )
         # the first step after a (re)start includes the pipeline's start-up and is not counted: no rate yet
         rate = f"{self.samples_per_second():.2f}" if self._train_steps else "-"
+        # how much G varies between rows: near 0 means the generator gives every row one G (a collapse)
+        spread = "" if g_spread is None else f"G spread {g_spread:.4f} | "
         return (
             f"[train] step {step}/{self.max_steps} | {rate} samples/s | loss {loss:.4f} | "
-            f"lr {lr:.2e} | {valid} | eta {format_duration(self.eta_seconds(step))}"
+            f"lr {lr:.2e} | {spread}{valid} | eta {format_duration(self.eta_seconds(step))}"
         )
 
     def validation(self, step: int, metrics: dict[str, Any], seconds: float) -> None:

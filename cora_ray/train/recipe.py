@@ -60,6 +60,7 @@ from cora_ray.train.deepspeed_config import (
     resolve_precision,
     torch_dtype,
 )
+from cora_ray.train.delta_spread import DeltaSpread
 from cora_ray.train.pipeline import ReplayedShard, iter_model_batches
 from cora_ray.train.progress import Progress, say
 from cora_ray.train.schedule import WarmupCosineSchedule
@@ -260,6 +261,8 @@ class CoRATrainingRecipe:
             tensorboard=t.tensorboard,
             endpoint=self.spec.endpoint,
         )
+        # rank 0 watches how much G varies between its rows (a collapsing generator shows in the progress line)
+        self.g_spread = DeltaSpread(self.model.collab_weight_generator() if self.rank == 0 else None)
         hosts: list[Any] = [None] * self.world
         dist.all_gather_object(hosts, {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid()})
         restored_from = None if self.restored is None else self.restored.source
@@ -341,7 +344,9 @@ class CoRATrainingRecipe:
         while state.step < t.max_steps and not state.stopped_early:
             t0 = time.perf_counter()
             loss, lr = self._train_step()
-            self.progress.train_step(state.step, loss, lr, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            spread = self.g_spread.take() if self.progress.logs_at(state.step) else None
+            self.progress.train_step(state.step, loss, lr, seconds, g_spread=spread)
             if state.step % t.eval_every == 0 or state.step >= t.max_steps:
                 metrics, valid_rows = self.validate(loss, lr)
                 self.save(metrics, valid_rows)
@@ -427,3 +432,4 @@ class CoRATrainingRecipe:
             "end", step=s.step, best_auc=s.best_auc, best_step=s.best_step, stopped_early=s.stopped_early
         )
         self.progress.close()
+        self.g_spread.close()
