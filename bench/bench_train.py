@@ -4,6 +4,7 @@ the end-to-end ratio: what the Ray Train loop delivers against the model's own t
     python bench/bench_train.py                      # real ML-1M + bundled SmolLM2 (configs/demo.yaml settings)
     python bench/bench_train.py --steps 6 --skip-pipeline
     python bench/bench_train.py --e2e --steps 12     # bench/results/train_e2e.{json,md} only
+    python bench/bench_train.py --e2e --steps 12 train.cpu_threads_per_worker=1   # ... train_e2e_t1.*
     python bench/bench_train.py --noise --steps 8    # bench/results/train_noise.{json,md} only
 
 `--e2e` (one process, one run): the model-only step — the same model, AdamW and clipping as the worker, in
@@ -89,12 +90,18 @@ def train_run(config: str, workers: int, steps: int, storage: Path, extra: list[
         "wall_samples_per_s": (len(train) - 1) * samples_per_step / wall_span,
         "samples_per_step": samples_per_step,
         "median_step_s": sorted(step_times)[len(step_times) // 2] if step_times else None,
+        # what of each steady step rank 0 spent waiting for its micro-batches (the data pipeline's share)
+        "median_data_wait_s": _median([r["data_wait_s"] for r in train[1:]]) if len(train) > 1 else None,
         "first_step_s": train[0]["elapsed_s"],
         "setup_s": start["setup_s"],
         "wall_s": round(wall, 1),
         "steps": len(train),
         "steady_window": (train[0]["time"], train[-1]["time"]),  # wall times of the first and last step's end
     }
+
+
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
 
 
 def _e2e_overrides(steps: int, storage: Path, extra: list[str]) -> list[str]:
@@ -185,6 +192,10 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
     cfg = resolve_local_paths(
         load_config(ExperimentConfig, config, _e2e_overrides(steps, storage, overrides)), REPO
     )
+    threads = cfg.train.cpu_threads_per_worker
+    # with fewer torch threads than cores (train.cpu_threads_per_worker=1 on 2 cores) Ray's own processes get a
+    # core of their own: train_e2e_t<threads>, beside the committed all-cores record
+    name = "train_e2e" if threads == os.cpu_count() else f"train_e2e_t{threads}"
     load = [round(os.getloadavg()[0], 2)]
     batches = training_batches(cfg, steps)
     foreign = ForeignCPU()
@@ -201,7 +212,7 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
     load.append(round(os.getloadavg()[0], 2))
     print(f"[bench] Ray Train, 1 worker: {run['wall_samples_per_s']:.3f} samples/s", flush=True)
     record = write_result(
-        "train_e2e",
+        name,
         value=run["wall_samples_per_s"],
         baseline=model_only["samples_per_s"],
         unit="samples/s",
@@ -244,8 +255,8 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
             f"{' and '.join(disturbed)} half (foreign cores {foreign_cores}; model-only step times "
             f"{min(model_only['step_s'])}-{max(model_only['step_s'])} s); re-run on a quiet machine."
         )
-    (RESULTS / "train_e2e.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
-    (RESULTS / "train_e2e.md").write_text(portable(markdown(record)))
+    (RESULTS / f"{name}.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
+    (RESULTS / f"{name}.md").write_text(portable(markdown(record)))
     return record
 
 

@@ -233,10 +233,17 @@ class Progress:
         return step % self.log_every == 0 or step == self.max_steps or step == self._start_step + 1
 
     def train_step(
-        self, step: int, loss: float, lr: float, step_seconds: float, g_spread: float | None = None
+        self,
+        step: int,
+        loss: float,
+        lr: float,
+        step_seconds: float,
+        g_spread: float | None = None,
+        data_wait_s: float | None = None,
     ) -> None:
         """Record one optimizer step (`step` = steps done, 1-based after the update). `g_spread`: the varying
-        share of G over the rows since the last logged step (cora_ray/train/delta_spread.py), for methods with G."""
+        share of G over the rows since the last logged step (cora_ray/train/delta_spread.py), for methods with G;
+        `data_wait_s`: the part of `step_seconds` spent waiting for the step's micro-batches."""
         if not self.enabled:
             return
         if self._warmup_pending:
@@ -257,6 +264,8 @@ class Progress:
         }
         if g_spread is not None:
             record["g_varying_share"] = round(g_spread, 6)
+        if data_wait_s is not None:
+            record["data_wait_s"] = round(data_wait_s, 4)
         self._write(record)
         if self._writer is not None:
             self._writer.add_scalar("train/loss", loss, step)

@@ -343,10 +343,10 @@ class CoRATrainingRecipe:
         self.engine.train()
         while state.step < t.max_steps and not state.stopped_early:
             t0 = time.perf_counter()
-            loss, lr = self._train_step()
+            loss, lr, data_wait = self._train_step()
             seconds = time.perf_counter() - t0
             spread = self.g_spread.take() if self.progress.logs_at(state.step) else None
-            self.progress.train_step(state.step, loss, lr, seconds, g_spread=spread)
+            self.progress.train_step(state.step, loss, lr, seconds, g_spread=spread, data_wait_s=data_wait)
             if state.step % t.eval_every == 0 or state.step >= t.max_steps:
                 metrics, valid_rows = self.validate(loss, lr)
                 self.save(metrics, valid_rows)
@@ -356,14 +356,18 @@ class CoRATrainingRecipe:
                         f"AUC than {state.best_auc:.4f} (step {state.best_step})"
                     )
 
-    def _train_step(self) -> tuple[float, float]:
-        """One optimizer step of grad_accum_steps micro-batches → (mean loss over ranks, its learning rate)."""
+    def _train_step(self) -> tuple[float, float, float]:
+        """One optimizer step of grad_accum_steps micro-batches → (mean loss over ranks, its learning rate,
+        seconds this rank waited for its micro-batches)."""
         t, state = self.t, self.state
         # the micro-batch losses are summed on the device: one host sync per optimizer step (the all-reduce)
         total = torch.zeros(1, dtype=torch.float64 if self.device.type == "cpu" else torch.float32)
         total = total.to(self.device)
+        data_wait = 0.0
         for _ in range(t.grad_accum_steps):
+            t_wait = time.perf_counter()
             self.last_batch = next(self.batches)
+            data_wait += time.perf_counter() - t_wait
             loss = self.model.loss(self.last_batch, logits=self.engine(self.last_batch))
             self.engine.backward(loss)
             self.engine.step()
@@ -377,7 +381,7 @@ class CoRATrainingRecipe:
                 f"the training loss is {loss_value} at step {state.step} (learning rate {lr:.3g}); "
                 "lower train.lr or check the data"
             )
-        return loss_value, lr
+        return loss_value, lr, data_wait
 
     def validate(self, loss: float, lr: float) -> tuple[dict, dict]:
         """Score "valid" on all ranks (lockstep), update best AUC / patience → (metrics, every rank's rows)."""

@@ -85,6 +85,12 @@ def test_two_workers_zero2_train_validate_and_checkpoint_without_llm_weights(
     # rank 0's G spread on the logged steps (log_every 4, the first and the last): how much G varies by row
     spread = {r["step"]: r["g_varying_share"] for r in records if "g_varying_share" in r}
     assert sorted(spread) == [1, 4, 8, 12, 16] and all(0.0 <= s < 2.0 for s in spread.values())
+    # every step says how long it waited for data, a part of the time between two step records
+    steps = [r for r in records if r["type"] == "train"]
+    assert all(r["data_wait_s"] >= 0.0 for r in steps)
+    assert all(
+        b["data_wait_s"] < b["elapsed_s"] - a["elapsed_s"] for a, b in zip(steps, steps[1:], strict=False)
+    )
     valid = [r for r in records if r["type"] == "valid"]
     assert [r["step"] for r in valid] == [8, 16]
     assert all(r["valid_rows"] == 48 for r in valid)  # every sampled row scored exactly once over 2 workers
