@@ -10,7 +10,11 @@ depends on how much the backbone's vectors move across rows relative to their co
   deviation from the mean vector over the sampled rows (1 = centred, 0 = every row the same vector);
 - `g_varying_share`: the same for G (each G has unit norm, so this is 1 − ‖mean G‖²);
 - `g_pair_cosine`: the mean cosine between the G of two different rows (1 = a shared LoRA;
-  `cora_ray/eval/cf_signal.py` `g_similarity`).
+  `cora_ray/eval/cf_signal.py` `g_similarity`);
+- where the rows' differences go inside the generator: `memory_rms` (the memory token's root mean square per
+  entry; the query stream it is added to is LayerNorm'd, about 1 per entry), `query_varying_shares` (the
+  varying share of the query states after each block) and, for g = W·q̄ + b before G's normalisation,
+  `g_common_norm` (‖mean over rows of W·q̄‖), `g_varying_norm` (mean ‖W·q̄ − its row mean‖) and `g_bias_norm`.
 
     rows = sample_train_rows("artifacts/ml-1m", 2048, seed=42)
     doc = generator_input_signal(cf, rows, generator)
@@ -81,7 +85,10 @@ def generator_input_signal(
     try:
         e_u = cf.user_vectors(rows.users, rows.histories).float()
         e_i = cf.item_vectors(rows.items).float()
-        G = generator(e_u, e_i)
+        states: list[torch.Tensor] = []
+        G = generator(e_u, e_i, states=states)
+        memory = generator.memory(e_u, e_i)
+        wq = states[-1].mean(dim=1) @ generator.to_weights.weight.T  # (B, d_model·r): g without its bias
     finally:
         generator.train(was_training)
     return {
@@ -93,6 +100,11 @@ def generator_input_signal(
         "item_norm": float(e_i.norm(dim=-1).mean()),
         "g_varying_share": varying_share(G),
         "g_pair_cosine": g_similarity(G)["mean"],
+        "memory_rms": float(memory.double().pow(2).mean().sqrt()),
+        "query_varying_shares": [varying_share(q) for q in states],
+        "g_common_norm": float(wq.double().mean(dim=0).norm()),
+        "g_varying_norm": float((wq.double() - wq.double().mean(dim=0)).norm(dim=-1).mean()),
+        "g_bias_norm": float(generator.to_weights.bias.double().norm()),
     }
 
 
@@ -127,7 +139,7 @@ def trained_generator_signals(checkpoints: list[str], rows: SampledRows) -> list
     out = []
     for uri in checkpoints:
         scorer = Scorer.from_checkpoint(uri)
-        generator = getattr(scorer.model, "generator", None)
+        generator = scorer.model.collab_weight_generator()
         if generator is None:
             raise ModelError(f"checkpoint {uri} ({scorer.method}) has no collaborative weight generator")
         described = scorer.describe()
@@ -163,6 +175,25 @@ def generator_input_markdown(doc: dict) -> str:
             f"| `{r['source']}` | {r['generator']} | {r['memory_norm']} | {r['cf_dim']} | "
             f"{r['user_varying_share']:.3f} | {r['item_varying_share']:.3f} | {r['g_varying_share']:.4f} | "
             f"{r['g_pair_cosine']:.4f} |"
+        )
+    lines += [
+        "",
+        "Inside the generator: the memory token's RMS per entry (the LayerNorm'd query stream it joins: ~1), the "
+        "varying share of the query states after block 1 and after the last block, and g = W·q̄ + b before G's "
+        "normalisation: ‖row mean of W·q̄‖, mean ‖W·q̄ − row mean‖, ‖b‖.",
+        "",
+        "| source | generator | memory_norm | memory RMS | queries varying, block 1 | last block | ‖common g‖ "
+        "| ‖varying g‖ | ‖b‖ |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["results"]:
+        if "memory_rms" not in r:  # a document written before these were measured
+            continue
+        shares = r["query_varying_shares"]
+        lines.append(
+            f"| `{r['source']}` | {r['generator']} | {r['memory_norm']} | {r['memory_rms']:.4f} | "
+            f"{shares[0]:.5f} | {shares[-1]:.5f} | {r['g_common_norm']:.2f} | {r['g_varying_norm']:.3f} | "
+            f"{r['g_bias_norm']:.3f} |"
         )
     lines += ["", f"Command: `{doc['command']}`", ""]
     return "\n".join(lines)

@@ -104,14 +104,24 @@ class CollaborativeWeightGenerator(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def forward(self, e_u: torch.Tensor, e_i: torch.Tensor) -> torch.Tensor:
-        B = e_u.shape[0]
+    def memory(self, e_u: torch.Tensor, e_i: torch.Tensor) -> torch.Tensor:
+        """(B, D), (B, D) → the one memory token the blocks read, (B, 1, d)."""
         dtype = self.queries.dtype
         c = torch.cat([self.norm_user(e_u.to(dtype)), self.norm_item(e_i.to(dtype))], dim=-1)  # (B, 2D)
-        memory = self.memory_proj(c).unsqueeze(1)  # (B, 1, d)
+        return self.memory_proj(c).unsqueeze(1)  # (B, 1, d)
+
+    def forward(
+        self, e_u: torch.Tensor, e_i: torch.Tensor, states: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """`states`, when given, receives the query states after each block (B, k, d): what
+        cora_ray/eval/generator_input.py traces to see where the rows' differences fade."""
+        B = e_u.shape[0]
+        memory = self.memory(e_u, e_i)  # (B, 1, d)
         q = self.dropout(self.ln_queries(self.queries).expand(B, -1, -1))  # (B, k, d)
         for block in self.blocks:
             q = block(q, memory)  # (B, k, d)
+            if states is not None:
+                states.append(q)
         # mean-pooling the k outputs of a linear map = mapping the mean query (k times cheaper)
         g = self.to_weights(q.mean(dim=1))  # (B, d_model·r)
         g = F.normalize(g, dim=-1)  # unit L2 norm of the whole vector

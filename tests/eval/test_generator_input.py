@@ -65,3 +65,30 @@ def test_memory_norm_lets_the_item_half_move_G_beside_offset_user_vectors():
     assert normed["g_varying_share"] > 10 * plain["g_varying_share"]
     assert normed["g_pair_cosine"] < plain["g_pair_cosine"]
     assert plain["rows"] == 64 and plain["cf_dim"] == 64
+
+
+def test_the_trace_follows_the_rows_differences_through_the_blocks_to_g():
+    cf, rows = OffsetCF(), _rows()
+    torch.manual_seed(0)
+    generator = CollaborativeWeightGenerator(cf.dim, 24, 4, GEN)
+    with torch.no_grad():
+        generator.to_weights.bias.fill_(0.5)  # a trained-looking bias, so that its norm is read, not assumed
+    r = generator_input_signal(cf, rows, generator)
+    # the memory token as the generator builds it: here 2D = 128 = d, so c itself (no projection)
+    e_u, e_i = cf.user_vectors(rows.users), cf.item_vectors(rows.items)
+    c = torch.cat([e_u, e_i], dim=-1).double()
+    assert abs(r["memory_rms"] - float(c.pow(2).mean().sqrt())) < 1e-5
+    assert len(r["query_varying_shares"]) == GEN.num_layers
+    assert all(0.0 <= s <= 1.0 for s in r["query_varying_shares"])
+    assert abs(r["g_bias_norm"] - 0.5 * (24 * 4) ** 0.5) < 1e-6
+    # g's common and varying parts, against the generator's own output before normalisation
+    states: list[torch.Tensor] = []
+    with torch.no_grad():
+        generator.eval()
+        generator(e_u, e_i, states=states)
+        g = generator.to_weights(states[-1].mean(dim=1)).double() - generator.to_weights.bias.double()
+    assert abs(r["g_common_norm"] - float(g.mean(dim=0).norm())) < 1e-6
+    assert abs(r["g_varying_norm"] - float((g - g.mean(dim=0)).norm(dim=-1).mean())) < 1e-6
+    # the trace does not change what the generator computes
+    with torch.no_grad():
+        assert torch.equal(generator(e_u, e_i), generator(e_u, e_i, states=[]))
