@@ -51,7 +51,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
-from common import RESULTS, ForeignCPU, markdown, portable, write_result  # noqa: E402
+from common import RESULTS, ForeignCPU, markdown, median, portable, write_result  # noqa: E402
 
 FOREIGN_CPU_LIMIT = 0.25  # cores other processes may use during a half of --e2e before it is not judged
 
@@ -91,17 +91,13 @@ def train_run(config: str, workers: int, steps: int, storage: Path, extra: list[
         "samples_per_step": samples_per_step,
         "median_step_s": sorted(step_times)[len(step_times) // 2] if step_times else None,
         # what of each steady step rank 0 spent waiting for its micro-batches (the data pipeline's share)
-        "median_data_wait_s": _median([r["data_wait_s"] for r in train[1:]]) if len(train) > 1 else None,
+        "median_data_wait_s": median([r["data_wait_s"] for r in train[1:]]) if len(train) > 1 else None,
         "first_step_s": train[0]["elapsed_s"],
         "setup_s": start["setup_s"],
         "wall_s": round(wall, 1),
         "steps": len(train),
         "steady_window": (train[0]["time"], train[-1]["time"]),  # wall times of the first and last step's end
     }
-
-
-def _median(xs: list[float]) -> float:
-    return sorted(xs)[len(xs) // 2]
 
 
 def _e2e_overrides(steps: int, storage: Path, extra: list[str]) -> list[str]:

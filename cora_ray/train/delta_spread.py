@@ -2,8 +2,8 @@
 
 CoRA's generator can end a run producing one and the same G for every row — a shared LoRA, no collaborative
 signal — and at the README's budget that is what separates a seed that learns from one that does not
-(results/generator_input/: varying share 0.0000, pair cosine 1.0000 for CoRA-LightGCN seed 43 and CoRA-SASRec
-without memory_norm; 0.0557 for CoRA-LightGCN seed 42, which learned). `DeltaSpread` measures that share along
+(varying share 0.0000, pair cosine 1.0000 for CoRA-SASRec without memory_norm and 0.0557 for CoRA-LightGCN
+seed 42, which learned: results/generator_input/; 0.0000 for CoRA-LightGCN seed 43: results/generator_input_seeds/). `DeltaSpread` measures that share along
 the run from the G's the training forward passes make anyway, so a collapsing run shows it in its progress
 line long before its validation:
 
