@@ -51,7 +51,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
-from common import RESULTS, ForeignCPU, markdown, median, portable, write_result  # noqa: E402
+from common import ForeignCPU, median, save_record, write_result  # noqa: E402
 
 FOREIGN_CPU_LIMIT = 0.25  # cores other processes may use during a half of --e2e before it is not judged
 
@@ -156,7 +156,7 @@ def model_only_rate(cfg: object, batches: list[dict]) -> dict:
     optimizer = build_optimizer(model, t, frozen)
     params = model.trainable_parameters()
     model.train()
-    step_seconds = []
+    step_seconds, step_ends = [], []
     for s in range(len(batches) // t.grad_accum_steps):
         t0 = time.perf_counter()
         for b in batches[s * t.grad_accum_steps : (s + 1) * t.grad_accum_steps]:
@@ -166,6 +166,7 @@ def model_only_rate(cfg: object, batches: list[dict]) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step_seconds.append(time.perf_counter() - t0)
+        step_ends.append(time.time())
     timed = step_seconds[1:]
     samples = t.micro_batch_size * t.grad_accum_steps
     widths = [int(b["input_ids"].shape[1]) for b in batches]
@@ -173,6 +174,7 @@ def model_only_rate(cfg: object, batches: list[dict]) -> dict:
         "samples_per_s": samples * len(timed) / sum(timed),
         "step_s": [round(x, 3) for x in step_seconds],
         "median_step_s": sorted(timed)[len(timed) // 2],
+        "timed_window": (step_ends[0], step_ends[-1]),  # wall times: the warm-up step's end, the last's
         "mean_padded_width": sum(widths) / len(widths),
         "mean_real_tokens": float(sum(int(b["attention_mask"].sum()) for b in batches))
         / sum(len(b["label"]) for b in batches),
@@ -196,6 +198,9 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
     batches = training_batches(cfg, steps)
     foreign = ForeignCPU()
     model_only = model_only_rate(cfg, batches)
+    # how often the scheduler took a core from a computing thread (bench/common.py preemptions): here this
+    # process's threads, in the Ray run the worker's beside Ray's own processes
+    model_only["preemptions_per_s"] = foreign.own_preemptions_by_process(*model_only.pop("timed_window"))
     foreign_cores = [round(foreign.cores(), 3)]
     print(f"[bench] model-only step: {model_only['samples_per_s']:.3f} samples/s", flush=True)
     load.append(round(os.getloadavg()[0], 2))
@@ -203,10 +208,18 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
     run = train_run(config, 1, steps, storage, [*overrides, "train.run_name=bench-e2e"])
     # where the CPU went while the steps ran (the first step's start-up left out): the worker's compute and
     # what Ray's own processes took beside it on the same cores
-    run["own_cores_by_process"] = foreign.own_cores_by_process(*run.pop("steady_window"))
+    window = run.pop("steady_window")
+    run["own_cores_by_process"] = foreign.own_cores_by_process(*window)
+    run["preemptions_per_s"] = foreign.own_preemptions_by_process(*window)
     foreign_cores.append(round(foreign.cores(), 3))
     load.append(round(os.getloadavg()[0], 2))
     print(f"[bench] Ray Train, 1 worker: {run['wall_samples_per_s']:.3f} samples/s", flush=True)
+    worker = max(run["own_cores_by_process"], key=run["own_cores_by_process"].get)  # the one computing
+    preempted = (
+        sum(model_only["preemptions_per_s"].values()),
+        run["preemptions_per_s"].get(worker, 0.0),
+        sum(run["preemptions_per_s"].values()) - run["preemptions_per_s"].get(worker, 0.0),
+    )
     record = write_result(
         name,
         value=run["wall_samples_per_s"],
@@ -233,7 +246,10 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
             "one after the other. Foreign CPU: mean cores used by processes outside this benchmark's own "
             f"tree during each half (bench/common.py ForeignCPU, which samples the Ray workers' CPU while they "
             f"run): model-only {foreign_cores[0]:.2f}, Ray run {foreign_cores[1]:.2f}; a half above "
-            f"{FOREIGN_CPU_LIMIT} cores makes the measurement invalid."
+            f"{FOREIGN_CPU_LIMIT} cores makes the measurement invalid. Preemptions (involuntary context "
+            f"switches of all a process's threads, per second; bench/common.py preemptions): the model-only "
+            f"process {preempted[0]:.0f}; in the Ray run the training worker ({worker}) {preempted[1]:.0f}, "
+            f"Ray's other processes {preempted[2]:.0f}."
         ),
     )
     record["goal"] = "ratio >= 0.9"
@@ -251,8 +267,7 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
             f"{' and '.join(disturbed)} half (foreign cores {foreign_cores}; model-only step times "
             f"{min(model_only['step_s'])}-{max(model_only['step_s'])} s); re-run on a quiet machine."
         )
-    (RESULTS / f"{name}.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
-    (RESULTS / f"{name}.md").write_text(portable(markdown(record)))
+    save_record(record)
     return record
 
 
@@ -307,6 +322,7 @@ def noise(config: str, steps: int, share: float, overrides: list[str]) -> dict:
         foreign = ForeignCPU()
         with BurstLoad(share if burst_ms else 0.0, burst_ms) as load:
             r = model_only_rate(cfg, batches)
+        r["preemptions_per_s"] = foreign.own_preemptions_by_process(*r.pop("timed_window"))
         r.update(label=label, load_cores=round(load.cores, 3), foreign_cores=round(foreign.cores(), 3))
         runs.append(r)
         print(f"[bench] model-only step, {label}: {r['samples_per_s']:.3f} samples/s", flush=True)
@@ -343,8 +359,7 @@ def noise(config: str, steps: int, share: float, overrides: list[str]) -> dict:
             f" NOT A VALID MEASUREMENT: other processes used more than {FOREIGN_CPU_LIMIT} cores during "
             f"{', '.join(disturbed)}; re-run on a quiet machine."
         )
-        (RESULTS / "train_noise.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
-        (RESULTS / "train_noise.md").write_text(portable(markdown(record)))
+        save_record(record)
     return record
 
 
@@ -463,8 +478,7 @@ def main(argv: list[str]) -> int:
         )
         record["goal"] = "ratio >= 20"
         record["goal_met"] = record["ratio"] >= 20
-        (RESULTS / "train_pipeline.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
-        (RESULTS / "train_pipeline.md").write_text(portable(markdown(record)))
+        save_record(record)
     return 0
 
 

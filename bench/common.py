@@ -127,7 +127,8 @@ class ForeignCPU:
         self._names: dict[
             tuple[int, float], str
         ] = {}  # the same -> its process title (ray::..., raylet, ...)
-        self._series: dict[tuple[int, float], list[tuple[float, float]]] = {}  # -> [(wall time, CPU s)]
+        # -> [(wall time, CPU s, involuntary context switches of all its threads so far)]
+        self._series: dict[tuple[int, float], list[tuple[float, float, int]]] = {}
         self._lock = threading.Lock()
         self._sample()
         self._stop = threading.Event()
@@ -152,18 +153,19 @@ class ForeignCPU:
                     continue
                 t = proc.cpu_times()
                 key = (proc.pid, proc.create_time())
-                if key not in self._names:
-                    self._names[key] = _process_title(proc)
+                self._names[key] = _process_title(
+                    proc
+                )  # the latest: a Ray worker renames itself to its actor
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue  # gone meanwhile (its last sample stands) or not ours to read
-            seen[key] = t.user + t.system
+            seen[key] = (t.user + t.system, preemptions(proc.pid))
         now = time.time()
         with self._lock:
-            for key, cpu in seen.items():
+            for key, (cpu, preempted) in seen.items():
                 # a process born within the span used 0 s at its start
                 self._first.setdefault(key, cpu if key[1] < self._wall0 else 0.0)
                 self._last[key] = cpu
-                self._series.setdefault(key, []).append((now, cpu))
+                self._series.setdefault(key, []).append((now, cpu, preempted))
 
     def _sample_until_stopped(self) -> None:
         while not self._stop.wait(self._interval_s):
@@ -179,16 +181,27 @@ class ForeignCPU:
         """Mean cores each of the benchmark's own processes used between wall times `start` and `end`
         (time.time()), from the samples nearest inside the window; grouped by process title, largest first.
         Shows where a run's CPU went besides its compute (Ray's raylet, GCS, driver, data actors)."""
+        return self._rate_by_process(start, end, 1, 3)
+
+    def own_preemptions_by_process(self, start: float, end: float) -> dict[str, float]:
+        """Involuntary context switches per second of each of the benchmark's own processes (all its threads)
+        between wall times `start` and `end`, grouped by process title, largest first: how often something
+        else took a core from a computing thread (`preemptions`)."""
+        return self._rate_by_process(start, end, 2, 1)
+
+    def _rate_by_process(self, start: float, end: float, field: int, digits: int) -> dict[str, float]:
+        """The change of sample `field` between the first and last sample inside the window, per second of
+        the window, summed by process title."""
         span = max(end - start, 1e-9)
         by_name: dict[str, float] = {}
         with self._lock:
             for key, series in self._series.items():
-                inside = [(t, c) for t, c in series if start <= t <= end]
+                inside = [sample for sample in series if start <= sample[0] <= end]
                 if len(inside) < 2:
                     continue
-                name = self._names.get(key, "?")  # CPU seconds used inside the window, over the window
-                by_name[name] = by_name.get(name, 0.0) + (inside[-1][1] - inside[0][1]) / span
-        return {k: round(v, 3) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])}
+                name = self._names.get(key, "?")
+                by_name[name] = by_name.get(name, 0.0) + (inside[-1][field] - inside[0][field]) / span
+        return {k: round(v, digits) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])}
 
     def cores(self) -> float:
         """Mean number of cores others used since construction (never below 0); stops the sampler."""
@@ -196,6 +209,20 @@ class ForeignCPU:
         seconds = max(time.monotonic() - self._t0, 1e-9)
         self._stop.set()
         return max(0.0, ((self._busy() - self._busy0) - own) / seconds)
+
+
+def preemptions(pid: int, proc: Path = Path("/proc")) -> int:
+    """Involuntary context switches so far of every live thread of process `pid` (Linux; 0 elsewhere or once
+    it is gone): each is a moment the scheduler took a core from a runnable thread for another task. A thread
+    of a torch intra-op team that is preempted holds up its partner at the team's next barrier."""
+    total = 0
+    for status in (proc / str(pid) / "task").glob("*/status"):
+        try:
+            found = re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status.read_text(), re.M)
+        except OSError:  # the thread ended between the listing and the read: its switches go with it
+            continue
+        total += int(found.group(1)) if found else 0
+    return total
 
 
 def _process_title(proc: Any) -> str:
@@ -240,6 +267,13 @@ def memory_child_env(threads: int) -> dict[str, str]:
     return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(threads)}
 
 
+def save_record(record: dict[str, Any]) -> None:
+    """(Re)write `results/<record name>.json` and `.md` from a record, e.g. after a caller amended its notes."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{record['name']}.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
+    (RESULTS / f"{record['name']}.md").write_text(portable(markdown(record)))
+
+
 def write_result(
     name: str,
     *,
@@ -279,8 +313,7 @@ def write_result(
         record["notes"] = notes
     if samples:
         record["samples"] = samples
-    (RESULTS / f"{name}.json").write_text(portable(json.dumps(record, indent=2) + "\n"))
-    (RESULTS / f"{name}.md").write_text(portable(markdown(record)))
+    save_record(record)
     return record
 
 

@@ -63,3 +63,29 @@ def test_cpu_by_process_names_the_process_that_used_it():
     finally:
         if not had_marker:
             os.environ.pop("CORA_BENCH_TREE", None)
+
+
+SPIN = "while True:\n    pass\n"
+
+
+def test_preemptions_count_a_core_taken_from_a_runnable_process():
+    common, had_marker = _bench_common()
+    burners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range((os.cpu_count() or 1) + 1)]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        foreign = common.ForeignCPU(interval_s=0.1)
+        start = time.time()
+        time.sleep(1.5)  # more spinning processes than cores: the scheduler must take cores from them
+        by_process = foreign.own_preemptions_by_process(start, time.time())
+        foreign.cores()
+        spinning = sum(common.preemptions(p.pid) for p in burners)
+        assert spinning >= 20, f"{spinning} involuntary switches of {len(burners)} spinners on fewer cores"
+        assert by_process.get("python -c", 0.0) >= 10, by_process  # per second, spinners and sleeper together
+        assert common.preemptions(sleeper.pid) <= 5  # asleep: never runnable, never preempted
+        assert common.preemptions(2**22 + 12345) == 0  # no such process: nothing counted
+    finally:
+        for p in [*burners, sleeper]:
+            p.kill()
+            p.wait()
+        if not had_marker:
+            os.environ.pop("CORA_BENCH_TREE", None)
