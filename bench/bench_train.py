@@ -215,11 +215,8 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
     load.append(round(os.getloadavg()[0], 2))
     print(f"[bench] Ray Train, 1 worker: {run['wall_samples_per_s']:.3f} samples/s", flush=True)
     worker = max(run["own_cores_by_process"], key=run["own_cores_by_process"].get)  # the one computing
-    preempted = (
-        sum(model_only["preemptions_per_s"].values()),
-        run["preemptions_per_s"].get(worker, 0.0),
-        sum(run["preemptions_per_s"].values()) - run["preemptions_per_s"].get(worker, 0.0),
-    )
+    worker_preempted = run["preemptions_per_s"].get(worker, 0.0)
+    others_preempted = sum(run["preemptions_per_s"].values()) - worker_preempted
     record = write_result(
         name,
         value=run["wall_samples_per_s"],
@@ -248,8 +245,8 @@ def e2e(config: str, steps: int, overrides: list[str]) -> dict:
             f"run): model-only {foreign_cores[0]:.2f}, Ray run {foreign_cores[1]:.2f}; a half above "
             f"{FOREIGN_CPU_LIMIT} cores makes the measurement invalid. Preemptions (involuntary context "
             f"switches of all a process's threads, per second; bench/common.py preemptions): the model-only "
-            f"process {preempted[0]:.0f}; in the Ray run the training worker ({worker}) {preempted[1]:.0f}, "
-            f"Ray's other processes {preempted[2]:.0f}."
+            f"process {sum(model_only['preemptions_per_s'].values()):.0f}; in the Ray run the training worker "
+            f"({worker}) {worker_preempted:.0f}, Ray's other processes {others_preempted:.0f}."
         ),
     )
     record["goal"] = "ratio >= 0.9"

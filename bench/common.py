@@ -153,9 +153,8 @@ class ForeignCPU:
                     continue
                 t = proc.cpu_times()
                 key = (proc.pid, proc.create_time())
-                self._names[key] = _process_title(
-                    proc
-                )  # the latest: a Ray worker renames itself to its actor
+                # the latest title: a Ray worker renames itself to its actor once it has one
+                self._names[key] = _process_title(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue  # gone meanwhile (its last sample stands) or not ours to read
             seen[key] = (t.user + t.system, preemptions(proc.pid))

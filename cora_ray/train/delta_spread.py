@@ -3,9 +3,9 @@
 CoRA's generator can end a run producing one and the same G for every row — a shared LoRA, no collaborative
 signal — and at the README's budget that is what separates a seed that learns from one that does not
 (varying share 0.0000, pair cosine 1.0000 for CoRA-SASRec without memory_norm and 0.0557 for CoRA-LightGCN
-seed 42, which learned: results/generator_input/; 0.0000 for CoRA-LightGCN seed 43: results/generator_input_seeds/). `DeltaSpread` measures that share along
-the run from the G's the training forward passes make anyway, so a collapsing run shows it in its progress
-line long before its validation:
+seed 42, which learned: results/generator_input/; 0.0000 for CoRA-LightGCN seed 43:
+results/generator_input_seeds/). `DeltaSpread` measures that share along the run from the G's the training
+forward passes make anyway, so a collapsing run shows it in its progress line long before its validation:
 
     spread = DeltaSpread(model.collab_weight_generator())   # None for methods without G: takes nothing
     ...training steps...
