@@ -348,6 +348,8 @@ def ratio_stats(
         "min_wall_s": {k: min(v) for k, v in wall.items()},
         "median_ratio": {k: median(v) / median(wall[base]) for k, v in wall.items()},
         "min_ratio": {k: min(v) / min(wall[base]) for k, v in wall.items()},
+        # each round runs every variant once, in turn: a round's ratio compares runs minutes apart at most
+        "round_ratios": {k: [a / b for a, b in zip(v, wall[base], strict=True)] for k, v in wall.items()},
     }
     if cpu is not None:
         stats["cpu_time_median_ratio"] = {k: median(v) / median(cpu[base]) for k, v in cpu.items()}
@@ -446,6 +448,10 @@ def train_step_bench(args: argparse.Namespace) -> int:
     }
     extra = ratios["cora_step"] - 1.0
 
+    def round_spread(name: str) -> str:
+        r = stats["round_ratios"][name]
+        return f"median {median(r):.3f}, range {min(r):.3f}–{max(r):.3f}"
+
     def prof_rows(name: str) -> list[str]:
         return [
             f"| {e['op']} | {e['calls']} | {e['self_cpu_s']:.3f} | {100 * e['share']:.1f}% |"
@@ -457,6 +463,10 @@ def train_step_bench(args: argparse.Namespace) -> int:
             "| variant | median s | min s | median / frozen | min / min frozen | CPU-time / frozen |",
             "|---|---|---|---|---|---|",
             *rows,
+            "",
+            "Ratio to the frozen step within each round (every variant runs once per round, in turn), "
+            f"{args.reps} rounds: {round_spread('cora_step')}; without the layers' dropout "
+            f"{round_spread('cora_step_no_dropout')}.",
             "",
             f"The CoRA step's time over the frozen floor: {100 * extra:.1f}% of it (median); of that, the "
             f"generator's forward+backward {100 * ratios['generator_fwd_bwd']:.1f}% and the AdamW step "

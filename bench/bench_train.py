@@ -89,7 +89,7 @@ def train_run(config: str, workers: int, steps: int, storage: Path, extra: list[
         "samples_per_s": train[-1]["samples_per_s"],
         "wall_samples_per_s": (len(train) - 1) * samples_per_step / wall_span,
         "samples_per_step": samples_per_step,
-        "median_step_s": sorted(step_times)[len(step_times) // 2] if step_times else None,
+        "median_step_s": median(step_times) if step_times else None,
         # what of each steady step rank 0 spent waiting for its micro-batches (the data pipeline's share)
         "median_data_wait_s": median([r["data_wait_s"] for r in train[1:]]) if len(train) > 1 else None,
         "first_step_s": train[0]["elapsed_s"],
@@ -173,7 +173,7 @@ def model_only_rate(cfg: object, batches: list[dict]) -> dict:
     return {
         "samples_per_s": samples * len(timed) / sum(timed),
         "step_s": [round(x, 3) for x in step_seconds],
-        "median_step_s": sorted(timed)[len(timed) // 2],
+        "median_step_s": median(timed),
         "timed_window": (step_ends[0], step_ends[-1]),  # wall times: the warm-up step's end, the last's
         "mean_padded_width": sum(widths) / len(widths),
         "mean_real_tokens": float(sum(int(b["attention_mask"].sum()) for b in batches))
