@@ -316,7 +316,7 @@ def _sdpa_cpu_backward_flops(
 
 
 def _addmm_inplace_flops(self_shape, a_shape, b_shape, *args, out_val=None, **kwargs) -> int:
-    """In-place addmm_ (CollabOwnProduct accumulates x Wᵀ into its rank-r result): the product's FLOPs, as addmm."""
+    """In-place addmm_ (a product accumulated into an existing tensor), which the table leaves out: as addmm."""
     return flop_counter.mm_flop(a_shape, b_shape)
 
 
