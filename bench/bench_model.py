@@ -315,11 +315,6 @@ def _sdpa_cpu_backward_flops(
     return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-def _addmm_inplace_flops(self_shape, a_shape, b_shape, *args, out_val=None, **kwargs) -> int:
-    """In-place addmm_ (a product accumulated into an existing tensor), which the table leaves out: as addmm."""
-    return flop_counter.mm_flop(a_shape, b_shape)
-
-
 def count_flops(fn) -> dict[str, float]:
     """FLOPs of one call of `fn` by op (torch.utils.flop_counter: matmuls and attention, forward and backward;
     elementwise work, dropout's random draws and the optimizer's update count 0), plus "total"."""
@@ -329,7 +324,6 @@ def count_flops(fn) -> dict[str, float]:
         custom_mapping={
             aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
             aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
-            aten.addmm_: _addmm_inplace_flops,
         },
     )
     with mode:
